@@ -1,0 +1,1 @@
+"""Dagster definitions, by domain: resources, retention, (later) monitor assets and sensors."""

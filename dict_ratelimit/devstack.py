@@ -1,0 +1,134 @@
+"""``dict-ratelimit dev``: the whole system on embedded defaults, stopped cleanly by Ctrl-C.
+
+Starts (or reuses) the embedded PostgreSQL unless ``DATABASE_URL`` is set, migrates, prepares a
+``DAGSTER_HOME`` whose instance lives in the same PostgreSQL server, then runs ``dagster dev``
+(webserver + daemon, schedules on) in its own process group. On Ctrl-C or SIGTERM it stops
+Dagster, then the PostgreSQL server if (and only if) it started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from dict_ratelimit.settings import Settings, project_root
+from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit.storage.server import application_database
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 20
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    """``DAGSTER_HOME`` (from the environment, else ``<data_dir>/dagster_home``) with dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    template = project_root() / "dagster.yaml"
+    if not template.is_file():
+        raise FileNotFoundError(f"dagster.yaml not found at {template}")
+    shutil.copyfile(template, home / "dagster.yaml")
+    return home
+
+
+def dagster_environment(url: URL, settings: Settings, home: Path) -> dict[str, str]:
+    """Environment of the Dagster processes: the app database and the instance database."""
+    instance_url = with_database(url, settings.dagster_db_name)
+    return {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": instance_url.host or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(instance_url.port or 5432),
+        "DAGSTER_PG_USERNAME": instance_url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": instance_url.password or "",
+        "DAGSTER_PG_DB": settings.dagster_db_name,
+        # `dagster dev` still works in 1.13 and is what dagster-webserver ships; `dg` is not
+        # a dependency of this project.
+        "PYTHONWARNINGS": "ignore:Function `dev_command` is superseded",
+    }
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float | None:
+    """Seconds until ``url`` answers 200, or None if the process died or time ran out."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
+    """Bring the system up and block until interrupted; returns Dagster's exit code."""
+    t0 = time.monotonic()
+    url, server = application_database(settings)
+    try:
+        engine = create_db_engine(url, connect_timeout=settings.connect_timeout_seconds)
+        applied, changes = migrate(url, settings.migrations_dir, engine)
+        engine.dispose()
+        print(f"database ready: {len(applied)} migration(s) applied, "
+              f"{len(changes.created)} partition(s) created", flush=True)
+        home = prepare_dagster_home(settings)
+        ensure_database(with_database(url, settings.dagster_db_name))
+        env = {**os.environ, **dagster_environment(url, settings, home)}
+        command = [
+            sys.executable, "-m", "dagster", "dev",
+            "-w", str(project_root() / "workspace.yaml"),
+            "-h", settings.dagster_host, "-p", str(settings.dagster_port),
+        ]
+        # cwd = DAGSTER_HOME: from the project root Dagster would warn about the template there.
+        process = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
+        stop_requested = False
+
+        def _request_stop(signum: int, _frame: object) -> None:
+            nonlocal stop_requested
+            stop_requested = True
+
+        previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            ui = f"http://{settings.dagster_host}:{settings.dagster_port}"
+            ready = wait_until_ready(f"{ui}/server_info", process, ready_timeout)
+            if ready is not None:
+                print(f"Dagster UI ready at {ui} ({time.monotonic() - t0:.1f}s after start); "
+                      "Ctrl-C stops everything started here", flush=True)
+            while process.poll() is None and not stop_requested:
+                time.sleep(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _stop_process_group(process)
+        return process.returncode or 0
+    finally:
+        if server is not None and server.stop():
+            print("embedded PostgreSQL stopped", flush=True)
+
+
+def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT to Dagster's process group (it shuts its children down), then SIGKILL if stuck."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.warning("dagster dev did not stop within %ss; killing it", STOP_GRACE_SECONDS)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass

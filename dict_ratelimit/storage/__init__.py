@@ -1,0 +1,1 @@
+"""PostgreSQL: engine, embedded server, migrations, partitions and repositories."""

@@ -1,0 +1,158 @@
+"""Monthly range partitions of every partitioned table in the ``dict_ratelimit`` schema.
+
+Partitioned tables are discovered from the catalog (``relkind = 'p'``), so a table added by a
+later migration is maintained without touching this module. A partition of month M of table T
+is named ``T_yYYYYmMM`` and holds ``[M-01 00:00 UTC, next month 00:00 UTC)``. Names and bounds
+are built from ``datetime.date`` values only, never from text given by a user; partitions whose
+names do not follow the pattern are reported as unmanaged and left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from dict_ratelimit.domain.retention import RetentionPolicy, add_months, month_start
+from dict_ratelimit.storage.database import SCHEMA
+
+_NAME = re.compile(r"^(?P<parent>[a-z_][a-z0-9_]*)_y(?P<year>\d{4})m(?P<month>\d{2})$")
+LOCK_TIMEOUT = "10s"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One monthly partition of a parent table."""
+
+    parent: str
+    month: dt.date
+
+    @property
+    def name(self) -> str:
+        return partition_name(self.parent, self.month)
+
+
+@dataclass
+class PartitionChanges:
+    """What a maintenance pass did, as qualified partition names (for run metadata)."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    unmanaged: list[str] = field(default_factory=list)
+
+
+def partition_name(parent: str, month: dt.date) -> str:
+    """``parent_yYYYYmMM``; refuses anything but a first-of-month date and a plain table name."""
+    if type(month) is not dt.date:  # datetime is a date subclass: refuse it too
+        raise TypeError(f"month must be a datetime.date, got {type(month).__name__}")
+    if month != month_start(month):
+        raise ValueError(f"{month} is not the first day of a month")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", parent):
+        raise ValueError(f"invalid table name {parent!r}")
+    return f"{parent}_y{month.year:04d}m{month.month:02d}"
+
+
+def partitioned_tables(connection: Connection) -> list[str]:
+    """Names of the partitioned (parent) tables in the schema, sorted."""
+    rows = connection.execute(
+        sa.text(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relkind = 'p' ORDER BY c.relname"
+        ),
+        {"schema": SCHEMA},
+    )
+    return [row[0] for row in rows]
+
+
+def existing_partitions(connection: Connection, parent: str) -> tuple[list[Partition], list[str]]:
+    """(managed monthly partitions sorted by month, names of unmanaged partitions)."""
+    rows = connection.execute(
+        sa.text(
+            "SELECT child.relname FROM pg_inherits i "
+            "JOIN pg_class child ON child.oid = i.inhrelid "
+            "JOIN pg_class parent ON parent.oid = i.inhparent "
+            "JOIN pg_namespace n ON n.oid = parent.relnamespace "
+            "WHERE n.nspname = :schema AND parent.relname = :parent"
+        ),
+        {"schema": SCHEMA, "parent": parent},
+    )
+    managed: list[Partition] = []
+    unmanaged: list[str] = []
+    for (name,) in rows:
+        match = _NAME.match(name)
+        if match and match["parent"] == parent and 1 <= int(match["month"]) <= 12:
+            managed.append(Partition(parent, dt.date(int(match["year"]), int(match["month"]), 1)))
+        else:
+            unmanaged.append(name)
+    return sorted(managed, key=lambda p: p.month), sorted(unmanaged)
+
+
+def _qualified(connection: Connection, name: str) -> str:
+    quote = connection.dialect.identifier_preparer.quote
+    return f"{quote(SCHEMA)}.{quote(name)}"
+
+
+def _bound(month: dt.date) -> str:
+    text = f"{month.isoformat()} 00:00:00+00"
+    if not re.fullmatch(r"\d{4}-\d{2}-01 00:00:00\+00", text):  # belt and braces
+        raise ValueError(f"unexpected partition bound {text!r}")
+    return text
+
+
+def create_partition(connection: Connection, parent: str, month: dt.date) -> bool:
+    """Create the partition of ``parent`` for ``month`` unless it exists; True when created."""
+    name = partition_name(parent, month)
+    exists = connection.execute(
+        sa.text("SELECT to_regclass(:qualified) IS NOT NULL"),
+        {"qualified": f"{SCHEMA}.{name}"},
+    ).scalar()
+    if exists:
+        return False
+    connection.execute(
+        sa.text(
+            f"CREATE TABLE {_qualified(connection, name)} "
+            f"PARTITION OF {_qualified(connection, parent)} "
+            f"FOR VALUES FROM ('{_bound(month)}') TO ('{_bound(add_months(month, 1))}')"
+        )
+    )
+    return True
+
+
+def ensure_partitions(engine: Engine, policy: RetentionPolicy, today: dt.date) -> PartitionChanges:
+    """Create the current and the next ``months_ahead`` monthly partitions of every parent."""
+    changes = PartitionChanges()
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        for parent in partitioned_tables(connection):
+            for month in policy.months_to_prepare(today):
+                if create_partition(connection, parent, month):
+                    changes.created.append(f"{SCHEMA}.{partition_name(parent, month)}")
+    return changes
+
+
+def apply_retention(engine: Engine, policy: RetentionPolicy, today: dt.date) -> PartitionChanges:
+    """Create upcoming partitions and drop the expired ones of every partitioned table.
+
+    Idempotent: a second pass on the same day creates and drops nothing. Only whole partitions
+    are dropped; the current and future months are never touched.
+    """
+    changes = ensure_partitions(engine, policy, today)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        for parent in partitioned_tables(connection):
+            managed, unmanaged = existing_partitions(connection, parent)
+            changes.unmanaged.extend(f"{SCHEMA}.{name}" for name in unmanaged)
+            for partition in managed:
+                qualified_name = f"{SCHEMA}.{partition.name}"
+                if policy.is_expired(partition.month, today):
+                    connection.execute(
+                        sa.text(f"DROP TABLE {_qualified(connection, partition.name)}")
+                    )
+                    changes.dropped.append(qualified_name)
+                else:
+                    changes.kept.append(qualified_name)
+    return changes
