@@ -31,7 +31,7 @@ STOP_GRACE_SECONDS = 20
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
-    """``DAGSTER_HOME`` (from the environment, else ``<data_dir>/dagster_home``) with dagster.yaml."""
+    """``DAGSTER_HOME`` (env, else ``<data_dir>/dagster_home``) holding our dagster.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     template = project_root() / "dagster.yaml"
@@ -41,9 +41,9 @@ def prepare_dagster_home(settings: Settings) -> Path:
     return home
 
 
-def dagster_environment(url: URL, settings: Settings, home: Path) -> dict[str, str]:
+def dagster_environment(url: URL, dagster_db_name: str, home: Path) -> dict[str, str]:
     """Environment of the Dagster processes: the app database and the instance database."""
-    instance_url = with_database(url, settings.dagster_db_name)
+    instance_url = with_database(url, dagster_db_name)
     return {
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "DAGSTER_HOME": str(home),
@@ -51,7 +51,7 @@ def dagster_environment(url: URL, settings: Settings, home: Path) -> dict[str, s
         "DAGSTER_PG_PORT": str(instance_url.port or 5432),
         "DAGSTER_PG_USERNAME": instance_url.username or "postgres",
         "DAGSTER_PG_PASSWORD": instance_url.password or "",
-        "DAGSTER_PG_DB": settings.dagster_db_name,
+        "DAGSTER_PG_DB": dagster_db_name,
         # `dagster dev` still works in 1.13 and is what dagster-webserver ships; `dg` is not
         # a dependency of this project.
         "PYTHONWARNINGS": "ignore:Function `dev_command` is superseded",
@@ -82,15 +82,25 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         engine = create_db_engine(url, connect_timeout=settings.connect_timeout_seconds)
         applied, changes = migrate(url, settings.migrations_dir, engine)
         engine.dispose()
-        print(f"database ready: {len(applied)} migration(s) applied, "
-              f"{len(changes.created)} partition(s) created", flush=True)
+        print(
+            f"database ready: {len(applied)} migration(s) applied, "
+            f"{len(changes.created)} partition(s) created",
+            flush=True,
+        )
         home = prepare_dagster_home(settings)
         ensure_database(with_database(url, settings.dagster_db_name))
-        env = {**os.environ, **dagster_environment(url, settings, home)}
+        env = {**os.environ, **dagster_environment(url, settings.dagster_db_name, home)}
         command = [
-            sys.executable, "-m", "dagster", "dev",
-            "-w", str(project_root() / "workspace.yaml"),
-            "-h", settings.dagster_host, "-p", str(settings.dagster_port),
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(project_root() / "workspace.yaml"),
+            "-h",
+            settings.dagster_host,
+            "-p",
+            str(settings.dagster_port),
         ]
         # cwd = DAGSTER_HOME: from the project root Dagster would warn about the template there.
         process = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
@@ -100,13 +110,18 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             nonlocal stop_requested
             stop_requested = True
 
-        previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             ui = f"http://{settings.dagster_host}:{settings.dagster_port}"
             ready = wait_until_ready(f"{ui}/server_info", process, ready_timeout)
             if ready is not None:
-                print(f"Dagster UI ready at {ui} ({time.monotonic() - t0:.1f}s after start); "
-                      "Ctrl-C stops everything started here", flush=True)
+                print(
+                    f"Dagster UI ready at {ui} ({time.monotonic() - t0:.1f}s after start); "
+                    "Ctrl-C stops everything started here",
+                    flush=True,
+                )
             while process.poll() is None and not stop_requested:
                 time.sleep(0.2)
         finally:

@@ -1,6 +1,5 @@
 """Dagster resources: small ConfigurableResource classes fed by ``dg.EnvVar``."""
 
-
 import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine

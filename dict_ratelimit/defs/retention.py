@@ -4,15 +4,14 @@ Runs daily at 03:00 UTC. What it created, dropped and kept is reported as run me
 op's output (the run's event log in the UI shows it).
 """
 
-
 import datetime as dt
 import time
 
 import dagster as dg
 from pydantic import Field, field_validator
 
-from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.defs.resources import PostgresResource
+from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.storage.partitions import apply_retention
 
 FINISHED_STATUSES = [
@@ -64,11 +63,16 @@ class RetentionConfig(dg.Config):
     @classmethod
     def _iso_date(cls, value: str | None) -> str | None:
         if value is not None:
-            dt.date.fromisoformat(value)
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError as exc:
+                raise ValueError(f"today must be an ISO date (YYYY-MM-DD), got {value!r}") from exc
         return value
 
     def policy(self) -> RetentionPolicy:
-        return RetentionPolicy(retention_months=self.retention_months, months_ahead=self.months_ahead)
+        return RetentionPolicy(
+            retention_months=self.retention_months, months_ahead=self.months_ahead
+        )
 
     def today_date(self) -> dt.date:
         if self.today is not None:

@@ -25,9 +25,7 @@ def normalize_url(url: str | URL) -> URL:
     except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
         raise ValueError("DATABASE_URL is not a valid URL (expected postgresql://...)") from exc
     if parsed.drivername not in _POSTGRES_DRIVERNAMES:
-        raise ValueError(
-            f"DATABASE_URL must be a PostgreSQL URL, got scheme {parsed.drivername!r}"
-        )
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parsed.drivername!r}")
     return parsed.set(drivername=DRIVER)
 
 

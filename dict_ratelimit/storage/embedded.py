@@ -212,9 +212,7 @@ class EmbeddedPostgres:
     def _remove_stale_pidfile(self) -> None:
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists():
-            log.warning(
-                "removing stale %s (its process is gone or is not this server)", pidfile
-            )
+            log.warning("removing stale %s (its process is gone or is not this server)", pidfile)
             pidfile.unlink()
 
     def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -291,7 +289,9 @@ class EmbeddedPostgres:
         try:
             self._run(args, timeout=START_TIMEOUT_SECONDS + 10)
         except EmbeddedPostgresError as exc:
-            raise EmbeddedPostgresError(f"{exc}\n--- {self.logfile} ---\n{self._log_tail()}") from exc
+            raise EmbeddedPostgresError(
+                f"{exc}\n--- {self.logfile} ---\n{self._log_tail()}"
+            ) from exc
         running = self.running_server()
         if running is None:
             raise EmbeddedPostgresError(
@@ -316,4 +316,3 @@ class EmbeddedPostgres:
                 os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
             time.sleep(0.05)
         return not _process_cmdline(pid)
-

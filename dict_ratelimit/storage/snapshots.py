@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict
 
 import sqlalchemy as sa
-from psycopg2.extras import execute_values
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from dict_ratelimit.domain.readings import PolicyReading
+from dict_ratelimit.domain.retention import month_start
+from dict_ratelimit.storage.partitions import create_partition
+from dict_ratelimit.storage.tables import policy_snapshot
 
 _UPSERT_PARTICIPANT = sa.text(
     """
@@ -37,22 +41,12 @@ _UPSERT_POLICY = sa.text(
     """
 )
 
-_SNAPSHOT_COLUMNS = (
-    "ispb",
-    "policy",
-    "response_time",
-    "polled_at",
-    "category",
-    "available_tokens",
-    "capacity",
-    "refill_tokens",
-    "refill_period_sec",
-    "correlation_id",
-)
 _INSERT_SNAPSHOTS = (
-    f"INSERT INTO dict_ratelimit.policy_snapshot ({', '.join(_SNAPSHOT_COLUMNS)}) VALUES %s "
-    "ON CONFLICT (ispb, policy, response_time) DO NOTHING RETURNING 1"
+    pg_insert(policy_snapshot)
+    .on_conflict_do_nothing(index_elements=["ispb", "policy", "response_time"])
+    .returning(policy_snapshot.c.ispb)
 )
+_SNAPSHOT_COLUMNS = [column.name for column in policy_snapshot.columns]
 
 
 def store_readings(connection: Connection, readings: Sequence[PolicyReading]) -> int:
@@ -63,6 +57,12 @@ def store_readings(connection: Connection, readings: Sequence[PolicyReading]) ->
     """
     if not readings:
         return 0
+    # A month whose partition is missing (retention job not run for a while) gets one now,
+    # so a reading is never refused for its date.
+    for month in sorted(
+        {month_start(r.response_time.astimezone(dt.timezone.utc).date()) for r in readings}
+    ):
+        create_partition(connection, "policy_snapshot", month)
     latest_per_participant = {r.ispb: r for r in sorted(readings, key=_by_time)}
     for reading in latest_per_participant.values():
         connection.execute(
@@ -75,15 +75,10 @@ def store_readings(connection: Connection, readings: Sequence[PolicyReading]) ->
         )
     latest_per_policy = {(r.ispb, r.policy): r for r in sorted(readings, key=_by_time)}
     connection.execute(_UPSERT_POLICY, [asdict(r) for r in latest_per_policy.values()])
-    values = [tuple(getattr(r, column) for column in _SNAPSHOT_COLUMNS) for r in readings]
-    # One multi-row INSERT per page instead of a round trip per row (3,000 rows per tick at
-    # 100 participants); RETURNING counts only the rows that were new.
-    cursor = connection.connection.cursor()
-    try:
-        inserted = execute_values(cursor, _INSERT_SNAPSHOTS, values, page_size=1000, fetch=True)
-    finally:
-        cursor.close()
-    return len(inserted)
+    rows = [{column: getattr(r, column) for column in _SNAPSHOT_COLUMNS} for r in readings]
+    # SQLAlchemy batches this executemany into multi-row INSERTs (insertmanyvalues) instead
+    # of a round trip per row; RETURNING yields only the rows that were new.
+    return len(connection.execute(_INSERT_SNAPSHOTS, rows).all())
 
 
 def _by_time(reading: PolicyReading):  # type: ignore[no-untyped-def]

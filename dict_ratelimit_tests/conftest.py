@@ -1,0 +1,111 @@
+"""Shared fixtures: one real PostgreSQL server per test session, a fresh database per test.
+
+The server is the embedded one (started here in a temporary folder, fsync off) unless
+``DATABASE_URL`` is set, in which case that server is used and must allow CREATE DATABASE.
+Migrated databases are cloned from a template migrated once per session, so a test that writes
+gets its own database in ~100 ms and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from dict_ratelimit.domain.retention import RetentionPolicy
+from dict_ratelimit.settings import project_root
+from dict_ratelimit.storage.database import create_db_engine, normalize_url, with_database
+from dict_ratelimit.storage.embedded import EmbeddedPostgres
+from dict_ratelimit.storage.migrations import migrate
+
+MIGRATIONS_DIR = project_root() / "sql"
+TEMPLATE_DB = f"drl_template_{os.getpid()}"
+
+
+def _admin_engine(server_url: URL) -> Engine:
+    return create_db_engine(with_database(server_url, "postgres")).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+
+
+def _create_database(server_url: URL, name: str, template: str | None = None) -> URL:
+    engine = _admin_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
+    finally:
+        engine.dispose()
+    return with_database(server_url, name)
+
+
+def _drop_database(server_url: URL, name: str) -> None:
+    engine = _admin_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """URL of the session's PostgreSQL server (database ``postgres``)."""
+    if os.environ.get("DATABASE_URL"):
+        yield with_database(normalize_url(os.environ["DATABASE_URL"]), "postgres")
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), fast_unsafe=True)
+    info = server.ensure_running()
+    try:
+        yield normalize_url(info.url())
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: URL) -> Iterator[str]:
+    """A database migrated once per session, cloned by ``db_url``."""
+    url = _create_database(pg_server, TEMPLATE_DB)
+    engine = create_db_engine(url)
+    try:
+        migrate(url, MIGRATIONS_DIR, engine, policy=RetentionPolicy(months_ahead=2))
+    finally:
+        engine.dispose()
+    yield TEMPLATE_DB
+    _drop_database(pg_server, TEMPLATE_DB)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: URL) -> Iterator[URL]:
+    """A fresh, empty database (no migrations), dropped after the test."""
+    name = f"drl_test_{uuid.uuid4().hex[:12]}"
+    url = _create_database(pg_server, name)
+    yield url
+    _drop_database(pg_server, name)
+
+
+@pytest.fixture
+def db_url(pg_server: URL, template_db: str) -> Iterator[URL]:
+    """A fresh migrated database, dropped after the test."""
+    name = f"drl_test_{uuid.uuid4().hex[:12]}"
+    url = _create_database(pg_server, name, template=template_db)
+    yield url
+    _drop_database(pg_server, name)
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[Engine]:
+    """An engine on the test's migrated database."""
+    engine = create_db_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def migrations_dir() -> Path:
+    return MIGRATIONS_DIR

@@ -1,0 +1,102 @@
+"""`dict-ratelimit dev` brings the system up, runs a job through the daemon, and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
+
+READY_TIMEOUT = 240
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)[-4000:]}")
+
+
+def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "data"
+    env = {
+        **os.environ,
+        "DICT_RATELIMIT_DATA_DIR": str(data_dir),
+        "DICT_RATELIMIT_DAGSTER_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DAGSTER_HOME", None)
+    embedded = not env.get("DATABASE_URL")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dict_ratelimit.cli", "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_line(process, "Dagster UI ready at", READY_TIMEOUT)
+
+        data = _graphql(
+            port,
+            "{ repositoriesOrError { ... on RepositoryConnection { nodes { "
+            "jobs { name } schedules { name scheduleState { status } } } } } }",
+        )
+        [repository] = data["repositoriesOrError"]["nodes"]
+        assert "retention_job" in {job["name"] for job in repository["jobs"]}
+        schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
+        assert schedules["retention_daily"] == "RUNNING"
+
+        launched = _graphql(
+            port,
+            """mutation { launchRun(executionParams: {selector: {
+            repositoryLocationName: "dict_ratelimit", repositoryName: "__repository__",
+            jobName: "retention_job"}, runConfigData: "{}"}) {
+            __typename ... on LaunchRunSuccess { run { runId } } } }""",
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        status = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and status not in {"SUCCESS", "FAILURE", "CANCELED"}:
+            time.sleep(1)
+            status = _graphql(
+                port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}'
+            )["runOrError"]["status"]
+        assert status == "SUCCESS"
+        if embedded:
+            assert EmbeddedPostgres(data_dir / "postgres").running_server() is not None
+            assert (data_dir / "dagster_home" / "dagster.yaml").is_file()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output[-3000:]
+    if embedded:
+        assert "embedded PostgreSQL stopped" in output
+        assert EmbeddedPostgres(data_dir / "postgres").running_server() is None

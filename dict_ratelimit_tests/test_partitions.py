@@ -1,0 +1,179 @@
+"""Monthly partitions on a real PostgreSQL: boundaries, retention, idempotence."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dict_ratelimit.domain.retention import RetentionPolicy, add_months
+from dict_ratelimit.storage.partitions import (
+    apply_retention,
+    create_partition,
+    existing_partitions,
+    partition_name,
+)
+from dict_ratelimit.storage.snapshots import store_readings
+from dict_ratelimit_tests.helpers import reading, utc
+
+
+def _months(engine: Engine, parent: str = "policy_snapshot") -> list[dt.date]:
+    with engine.connect() as connection:
+        managed, _ = existing_partitions(connection, parent)
+    return [p.month for p in managed]
+
+
+def _prepare_history(engine: Engine, first: dt.date, last: dt.date) -> list[dt.date]:
+    """Partitions for every month first..last, each with one reading on its 15th."""
+    months = []
+    month = first
+    with engine.begin() as connection:
+        while month <= last:
+            create_partition(connection, "policy_snapshot", month)
+            months.append(month)
+            month = add_months(month, 1)
+        store_readings(
+            connection,
+            [reading(utc(m.year, m.month, 15, 12)) for m in months],
+        )
+    return months
+
+
+def test_readings_on_both_sides_of_a_month_boundary_land_in_their_months(engine: Engine) -> None:
+    today = dt.datetime.now(dt.timezone.utc)
+    next_month = add_months(dt.date(today.year, today.month, 1), 1)
+    boundary = utc(next_month.year, next_month.month, 1)
+    with engine.begin() as connection:
+        stored = store_readings(
+            connection,
+            [
+                reading(boundary - dt.timedelta(microseconds=1)),
+                reading(boundary),
+                reading(boundary + dt.timedelta(seconds=1)),
+            ],
+        )
+    assert stored == 3
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT tableoid::regclass::text, count(*) FROM dict_ratelimit.policy_snapshot "
+                "GROUP BY 1 ORDER BY 1"
+            )
+        ).all()
+    before = add_months(next_month, -1)
+    assert rows == [
+        (f"dict_ratelimit.{partition_name('policy_snapshot', before)}", 1),
+        (f"dict_ratelimit.{partition_name('policy_snapshot', next_month)}", 2),
+    ]
+
+
+def test_a_reading_in_a_month_without_partition_gets_one(engine: Engine) -> None:
+    """Even if the retention job has not run for months, a reading is never refused."""
+    assert dt.date(2031, 4, 1) not in _months(engine)
+    with engine.begin() as connection:
+        assert store_readings(connection, [reading(utc(2031, 4, 30, 23, 59))]) == 1
+    assert dt.date(2031, 4, 1) in _months(engine)
+
+
+def test_the_table_itself_refuses_rows_outside_its_partitions(engine: Engine) -> None:
+    with pytest.raises(sa.exc.IntegrityError, match="no partition of relation"):
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO dict_ratelimit.policy_snapshot (ispb, policy, response_time, "
+                    "polled_at, category, available_tokens, capacity, refill_tokens, "
+                    "refill_period_sec) "
+                    "VALUES ('12345678', 'X', '2001-01-01', now(), 'A', 1, 1, 1, 1)"
+                )
+            )
+
+
+@pytest.mark.parametrize(
+    ("today", "first_kept"),
+    [
+        (dt.date(2026, 11, 1), dt.date(2025, 10, 1)),
+        (dt.date(2026, 11, 16), dt.date(2025, 10, 1)),
+        (dt.date(2026, 11, 30), dt.date(2025, 10, 1)),
+        (dt.date(2027, 1, 1), dt.date(2025, 12, 1)),
+        (dt.date(2027, 1, 31), dt.date(2025, 12, 1)),
+    ],
+)
+def test_retention_keeps_exactly_thirteen_full_months(
+    engine: Engine, today: dt.date, first_kept: dt.date
+) -> None:
+    months = _prepare_history(engine, dt.date(2025, 1, 1), dt.date(2027, 3, 1))
+    policy = RetentionPolicy(retention_months=13, months_ahead=2)
+
+    changes = apply_retention(engine, policy, today)
+
+    remaining = _months(engine)
+    assert remaining[0] == first_kept
+    current = dt.date(today.year, today.month, 1)
+    assert len([m for m in remaining if m < current]) == 13
+    expected_dropped = [m for m in months if m < first_kept]
+    assert changes.dropped == [
+        f"dict_ratelimit.{partition_name('policy_snapshot', m)}" for m in expected_dropped
+    ]
+    # whole partitions are dropped: every kept month still has its reading
+    with engine.connect() as connection:
+        counts = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT date_trunc('month', response_time AT TIME ZONE 'UTC')::date, count(*) "
+                    "FROM dict_ratelimit.policy_snapshot GROUP BY 1"
+                )
+            ).all()
+        )
+    assert counts == {m: 1 for m in months if m >= first_kept}
+
+
+def test_retention_is_idempotent_and_prepares_months_ahead(engine: Engine) -> None:
+    _prepare_history(engine, dt.date(2030, 1, 1), dt.date(2031, 5, 1))
+    policy = RetentionPolicy(retention_months=13, months_ahead=2)
+    today = dt.date(2031, 5, 10)
+
+    first = apply_retention(engine, policy, today)
+    assert first.created == [
+        "dict_ratelimit.policy_snapshot_y2031m06",
+        "dict_ratelimit.policy_snapshot_y2031m07",
+    ]
+    assert "dict_ratelimit.policy_snapshot_y2030m03" in first.dropped
+    assert "dict_ratelimit.policy_snapshot_y2030m04" in first.kept
+    second = apply_retention(engine, policy, today)
+    assert second.created == [] and second.dropped == []
+    assert second.kept == first.kept
+
+
+def test_retention_never_drops_the_current_or_future_months(engine: Engine) -> None:
+    _prepare_history(engine, dt.date(2026, 9, 1), dt.date(2027, 2, 1))
+    changes = apply_retention(engine, RetentionPolicy(retention_months=1), dt.date(2026, 11, 1))
+    assert changes.dropped == ["dict_ratelimit.policy_snapshot_y2026m09"]
+    assert _months(engine)[0] == dt.date(2026, 10, 1)
+    assert dt.date(2027, 2, 1) in _months(engine)
+
+
+def test_partitions_not_named_by_month_are_left_alone(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE TABLE dict_ratelimit.policy_snapshot_legacy PARTITION OF "
+                "dict_ratelimit.policy_snapshot FOR VALUES FROM ('1999-01-01') TO ('2000-01-01')"
+            )
+        )
+    changes = apply_retention(engine, RetentionPolicy(), dt.date(2026, 11, 29))
+    assert changes.unmanaged == ["dict_ratelimit.policy_snapshot_legacy"]
+    assert "dict_ratelimit.policy_snapshot_legacy" not in changes.dropped
+
+
+def test_partition_names_come_from_validated_dates_only() -> None:
+    assert partition_name("policy_snapshot", dt.date(2026, 1, 1)) == "policy_snapshot_y2026m01"
+    with pytest.raises(TypeError):
+        partition_name("policy_snapshot", dt.datetime(2026, 1, 1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        partition_name("policy_snapshot", "2026-01-01")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="first day"):
+        partition_name("policy_snapshot", dt.date(2026, 1, 2))
+    with pytest.raises(ValueError, match="invalid table name"):
+        partition_name("x; DROP TABLE y", dt.date(2026, 1, 1))
