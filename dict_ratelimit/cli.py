@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 import click
 from sqlalchemy.engine import URL, Engine
 
+from dict_ratelimit.domain.catalog import CATEGORIES
+from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.settings import Settings, get_settings
 from dict_ratelimit.storage.database import (
     DatabaseUnavailable,
@@ -19,6 +24,7 @@ from dict_ratelimit.storage.database import (
 )
 from dict_ratelimit.storage.embedded import EmbeddedPostgresError
 from dict_ratelimit.storage.migrations import migrate, migration_status
+from dict_ratelimit.storage.reports import format_readings, latest_readings
 from dict_ratelimit.storage.server import application_database, embedded_server
 
 
@@ -138,6 +144,125 @@ def dev() -> None:
         sys.exit(run_dev(_settings()))
     except (DatabaseUnavailable, EmbeddedPostgresError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _participant_option(value: str) -> tuple[str, str]:
+    ispb, _, category = value.partition(":")
+    category = category or "A"
+    if not ISPB_PATTERN.match(ispb):
+        raise click.BadParameter(f"{ispb!r} is not an 8-digit ISPB")
+    if category not in CATEGORIES:
+        raise click.BadParameter(f"category {category!r} is not one of A-H")
+    return ispb, category
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=50051, show_default=True, type=int, help="0 = any free port.")
+@click.option(
+    "--participant",
+    "participants",
+    multiple=True,
+    default=("12345678:A",),
+    show_default=True,
+    help="ISPB[:CATEGORY] served (repeatable); category A-H, default A.",
+)
+@click.option("--scenario", default="demo", show_default=True, help="Built-in name or file.")
+@click.option(
+    "--clock",
+    "clock_spec",
+    default="real",
+    show_default=True,
+    help="real, manual (advanced through the control service) or xN (N times faster).",
+)
+@click.option(
+    "--refill",
+    type=click.Choice(["stepped", "continuous"]),
+    default="stepped",
+    show_default=True,
+    help="How buckets refill.",
+)
+@click.option(
+    "--phase",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Stepped refill: seconds after start of the first refill step.",
+)
+def simulator(
+    host: str,
+    port: int,
+    participants: tuple[str, ...],
+    scenario: str,
+    clock_spec: str,
+    refill: str,
+    phase: float,
+) -> None:
+    """Serve a DICT sandbox speaking the Bridge contract (plus a control service)."""
+    from dict_ratelimit.simulator.bucket import RefillMode
+    from dict_ratelimit.simulator.clock import parse_clock
+    from dict_ratelimit.simulator.engine import Simulator
+    from dict_ratelimit.simulator.scenarios import ScenarioError, load_scenario
+    from dict_ratelimit.simulator.server import start_server
+
+    try:
+        served = dict(_participant_option(value) for value in participants)
+        sim = Simulator(
+            served,
+            load_scenario(scenario),
+            parse_clock(clock_spec),
+            refill_mode=RefillMode(refill),
+            phase=phase,
+        )
+    except (ScenarioError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    server, bound, _faults = start_server(sim, port, host)
+    click.echo(
+        f"simulator listening on {host}:{bound} "
+        f"(scenario {scenario}, clock {clock_spec}, participants {', '.join(participants)})"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()
+
+
+@main.command()
+def tick() -> None:
+    """Run one monitor tick in-process and print the readings it stored."""
+    import dagster as dg
+
+    from dict_ratelimit.definitions import defs
+    from dict_ratelimit.defs.resources import PostgresResource, bridge_resource_from_env
+
+    settings = _settings()
+    for name in ("DICT_RATELIMIT_BRIDGE_TARGET", "DICT_RATELIMIT_PARTICIPANTS"):
+        if not os.environ.get(name):
+            raise click.ClickException(f"{name} is not set (dict-ratelimit dev sets it for you)")
+    with _database(settings) as (url, engine):
+        resources = {
+            "postgres": PostgresResource(database_url=url.render_as_string(hide_password=False)),
+            "bridge": bridge_resource_from_env(),
+        }
+        job = dg.Definitions(
+            assets=defs.assets, jobs=[defs.resolve_job_def("monitor_job")], resources=resources
+        ).resolve_job_def("monitor_job")
+        with (
+            dg.DagsterInstance.get()
+            if os.environ.get("DAGSTER_HOME")
+            else dg.DagsterInstance.ephemeral()
+        ) as instance:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+        ispbs = [i.strip() for i in os.environ["DICT_RATELIMIT_PARTICIPANTS"].split(",")]
+        rows = latest_readings(engine, [i for i in ispbs if i])
+    click.echo(format_readings(rows))
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            click.echo(f"check {evaluation.check_name} failed: {evaluation.description or ''}")
+    click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILURE'}")
+    if not result.success:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

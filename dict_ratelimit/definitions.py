@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dict_ratelimit.defs.monitor import monitor_job, monitor_schedule
 from dict_ratelimit.defs.resources import default_resources
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
+from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
 
 
@@ -13,8 +15,12 @@ def build_definitions() -> dg.Definitions:
     """All jobs, schedules and resources of the code location."""
     settings = get_settings()
     return dg.Definitions(
-        jobs=[retention_job],
-        schedules=[retention_schedule(settings.retention_months, settings.months_ahead)],
+        assets=[DICT_BRIDGE, policy_snapshots],
+        jobs=[monitor_job, retention_job],
+        schedules=[
+            monitor_schedule(settings.monitor_cron),
+            retention_schedule(settings.retention_months, settings.months_ahead),
+        ],
         resources=default_resources(),
     )
 

@@ -1,9 +1,11 @@
 """``dict-ratelimit dev``: the whole system on embedded defaults, stopped cleanly by Ctrl-C.
 
 Starts (or reuses) the embedded PostgreSQL unless ``DATABASE_URL`` is set, migrates, prepares a
-``DAGSTER_HOME`` whose instance lives in the same PostgreSQL server, then runs ``dagster dev``
-(webserver + daemon, schedules on) in its own process group. On Ctrl-C or SIGTERM it stops
-Dagster, then the PostgreSQL server if (and only if) it started it.
+``DAGSTER_HOME`` whose instance lives in the same PostgreSQL server, starts the DICT simulator
+(unless ``DICT_RATELIMIT_BRIDGE_TARGET`` names a real Bridge), then runs ``dagster dev``
+(webserver + daemon, schedules on). Every child runs in its own process group. On Ctrl-C or
+SIGTERM it stops them in reverse order, then the PostgreSQL server if (and only if) it
+started it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.engine import URL
 
 from dict_ratelimit.settings import Settings, project_root
 from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit.storage.embedded import free_port
 from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit.storage.server import application_database
 
@@ -74,10 +77,52 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float)
     return None
 
 
+def start_simulator(settings: Settings, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """The DICT simulator as a child process on a free loopback port, once it is healthy."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "dict_ratelimit.cli",
+        "simulator",
+        "--port",
+        str(port),
+        "--scenario",
+        settings.simulator_scenario,
+    ]
+    for participant in settings.simulator_participants.split(","):
+        command += ["--participant", participant.strip()]
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    target = f"127.0.0.1:{port}"
+    if not wait_for_grpc_health(target, process, timeout=30):
+        _stop_process_group(process)
+        raise RuntimeError(f"the simulator did not become healthy on {target}")
+    return process, target
+
+
+def wait_for_grpc_health(target: str, process: subprocess.Popen, timeout: float) -> bool:
+    """True once ``target`` answers the gRPC health check with SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                time.sleep(0.2)
+    return False
+
+
 def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
     """Bring the system up and block until interrupted; returns Dagster's exit code."""
     t0 = time.monotonic()
     url, server = application_database(settings)
+    children: list[subprocess.Popen] = []
     try:
         engine = create_db_engine(url, connect_timeout=settings.connect_timeout_seconds)
         applied, changes = migrate(url, settings.migrations_dir, engine)
@@ -90,6 +135,29 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         home = prepare_dagster_home(settings)
         ensure_database(with_database(url, settings.dagster_db_name))
         env = {**os.environ, **dagster_environment(url, settings.dagster_db_name, home)}
+        if settings.bridge_target:
+            print(f"Bridge: {settings.bridge_target} (DICT_RATELIMIT_BRIDGE_TARGET)", flush=True)
+        else:
+            simulator, target = start_simulator(settings, env)
+            children.append(simulator)
+            ispbs = ",".join(
+                p.split(":")[0].strip() for p in settings.simulator_participants.split(",")
+            )
+            env.update(
+                {
+                    "DICT_RATELIMIT_BRIDGE_TARGET": target,
+                    "DICT_RATELIMIT_PARTICIPANTS": settings.participants or ispbs,
+                    # the demo polls every minute so that buckets move within minutes
+                    "DICT_RATELIMIT_MONITOR_CRON": os.environ.get(
+                        "DICT_RATELIMIT_MONITOR_CRON", "* * * * *"
+                    ),
+                }
+            )
+            print(
+                f"DICT simulator on {target}: scenario {settings.simulator_scenario}, "
+                f"participants {settings.simulator_participants}",
+                flush=True,
+            )
         command = [
             sys.executable,
             "-m",
@@ -103,7 +171,8 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             str(settings.dagster_port),
         ]
         # cwd = DAGSTER_HOME: from the project root Dagster would warn about the template there.
-        process = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
+        dagster = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
+        children.append(dagster)
         stop_requested = False
 
         def _request_stop(signum: int, _frame: object) -> None:
@@ -115,27 +184,28 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         }
         try:
             ui = f"http://{settings.dagster_host}:{settings.dagster_port}"
-            ready = wait_until_ready(f"{ui}/server_info", process, ready_timeout)
+            ready = wait_until_ready(f"{ui}/server_info", dagster, ready_timeout)
             if ready is not None:
                 print(
                     f"Dagster UI ready at {ui} ({time.monotonic() - t0:.1f}s after start); "
                     "Ctrl-C stops everything started here",
                     flush=True,
                 )
-            while process.poll() is None and not stop_requested:
+            while not stop_requested and all(child.poll() is None for child in children):
                 time.sleep(0.2)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            _stop_process_group(process)
-        return process.returncode or 0
+        return dagster.returncode or 0
     finally:
+        for child in reversed(children):
+            _stop_process_group(child)
         if server is not None and server.stop():
             print("embedded PostgreSQL stopped", flush=True)
 
 
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT to Dagster's process group (it shuts its children down), then SIGKILL if stuck."""
+def _stop_process_group(process: subprocess.Popen) -> None:
+    """SIGINT to a child's process group (Dagster shuts its own children down), then SIGKILL."""
     if process.poll() is not None:
         return
     try:

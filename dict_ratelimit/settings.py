@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     )
     dagster_host: str = "127.0.0.1"
     dagster_port: int = Field(default=3000, ge=1, le=65535)
+    monitor_cron: str = Field(
+        default="*/5 * * * *", description="Cron (UTC) of the monitor tick schedule."
+    )
+    bridge_target: str | None = Field(
+        default=None, description="host:port of the Bridge; unset under `dev` = the simulator"
+    )
+    participants: str | None = Field(default=None, description="Comma-separated ISPBs.")
+    simulator_participants: str = Field(
+        default="12345678:A,23456789:D",
+        description="ISPB:CATEGORY list the dev simulator serves (and the monitor watches).",
+    )
+    simulator_scenario: str = Field(default="demo", description="Scenario of the dev simulator.")
     retention_months: int = Field(default=13, ge=1)
     months_ahead: int = Field(default=2, ge=0, le=24)
 

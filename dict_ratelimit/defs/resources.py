@@ -1,9 +1,14 @@
 """Dagster resources: small ConfigurableResource classes fed by ``dg.EnvVar``."""
 
+import os
+
 import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
+from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
+from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
+from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.storage.database import create_db_engine, redact
 
 
@@ -40,6 +45,96 @@ class PostgresResource(dg.ConfigurableResource):
         return self._engine
 
 
+class BridgeResource(dg.ConfigurableResource):
+    """The institution's Bridge to DICT and the participants to monitor.
+
+    Every field comes from an environment variable (see README); secrets (token, key) are
+    ``EnvVar`` so they never appear in the UI.
+    """
+
+    target: str
+    participants: str
+    deadline_seconds: float = 10.0
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_server_name: str | None = None
+    bearer_token: str | None = None
+    max_clock_skew_seconds: int = 600
+    extra_policies: str = ""
+    max_concurrency: int = 16
+    poll_jitter_seconds: float = 0.0
+    retry_wait_seconds: float = 15.0
+
+    def participant_list(self) -> list[str]:
+        """Monitored ISPBs, in order, validated (8 digits each, no duplicates)."""
+        ispbs = [item.strip() for item in self.participants.replace(";", ",").split(",")]
+        ispbs = [item for item in ispbs if item]
+        if not ispbs:
+            raise ValueError("DICT_RATELIMIT_PARTICIPANTS lists no participant")
+        bad = [item for item in ispbs if not ISPB_PATTERN.match(item)]
+        if bad:
+            raise ValueError(f"DICT_RATELIMIT_PARTICIPANTS: not 8-digit ISPBs: {bad}")
+        if len(set(ispbs)) != len(ispbs):
+            raise ValueError("DICT_RATELIMIT_PARTICIPANTS lists a participant twice")
+        return ispbs
+
+    def known_policies(self) -> frozenset[str]:
+        """The catalog's names plus those an operator allowed (a new DICT policy)."""
+        extra = {name.strip() for name in self.extra_policies.split(",") if name.strip()}
+        return KNOWN_POLICY_NAMES | extra
+
+    def client(self) -> BridgeClient:
+        tls = None
+        if self.tls or self.tls_ca or self.tls_client_cert:
+            tls = TlsConfig(
+                ca=self.tls_ca,
+                client_cert=self.tls_client_cert,
+                client_key=self.tls_client_key,
+                server_name_override=self.tls_server_name,
+            )
+        return BridgeClient(
+            self.target,
+            tls=tls,
+            bearer_token=self.bearer_token,
+            deadline_seconds=self.deadline_seconds,
+        )
+
+
+def _optional_env(name: str) -> dg.EnvVar | None:
+    """``EnvVar(name)`` when the variable is set where the definitions load, else None."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def bridge_resource_from_env() -> BridgeResource:
+    """The Bridge resource as deployed: every value from ``DICT_RATELIMIT_BRIDGE_*`` variables."""
+    numeric = {
+        "deadline_seconds": ("DICT_RATELIMIT_BRIDGE_DEADLINE_SECONDS", float),
+        "max_clock_skew_seconds": ("DICT_RATELIMIT_MAX_CLOCK_SKEW_SECONDS", int),
+        "max_concurrency": ("DICT_RATELIMIT_BRIDGE_MAX_CONCURRENCY", int),
+        "poll_jitter_seconds": ("DICT_RATELIMIT_POLL_JITTER_SECONDS", float),
+    }
+    values: dict[str, object] = {
+        key: cast(os.environ[env]) for key, (env, cast) in numeric.items() if os.environ.get(env)
+    }
+    return BridgeResource(
+        target=dg.EnvVar("DICT_RATELIMIT_BRIDGE_TARGET"),
+        participants=dg.EnvVar("DICT_RATELIMIT_PARTICIPANTS"),
+        tls=os.environ.get("DICT_RATELIMIT_BRIDGE_TLS", "").lower() in ("1", "true", "yes"),
+        tls_ca=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CA"),
+        tls_client_cert=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CLIENT_CERT"),
+        tls_client_key=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CLIENT_KEY"),
+        tls_server_name=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_SERVER_NAME"),
+        bearer_token=_optional_env("DICT_RATELIMIT_BRIDGE_TOKEN"),
+        extra_policies=os.environ.get("DICT_RATELIMIT_EXTRA_POLICIES", ""),
+        **values,
+    )
+
+
 def default_resources() -> dict[str, object]:
     """Resources of the deployed code location, all read from the environment at run time."""
-    return {"postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL"))}
+    return {
+        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "bridge": bridge_resource_from_env(),
+    }

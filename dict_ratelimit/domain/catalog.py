@@ -95,8 +95,12 @@ POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("ENTRIES_WRITE", Scope.PSP, "createEntry, deleteEntry", _per_min(1_200, 36_000)),
     PolicySpec("ENTRIES_UPDATE", Scope.PSP, "updateEntry", _per_min(600, 600)),
     PolicySpec("CLAIMS_READ", Scope.PSP, "getClaim", _per_min(600, 18_000)),
-    PolicySpec("CLAIMS_WRITE", Scope.PSP, "create/ack/cancel/confirm/completeClaim",
-               _per_min(1_200, 36_000)),
+    PolicySpec(
+        "CLAIMS_WRITE",
+        Scope.PSP,
+        "create/ack/cancel/confirm/completeClaim",
+        _per_min(1_200, 36_000),
+    ),
     PolicySpec("CLAIMS_LIST_WITH_ROLE", Scope.PSP, "listClaims (role)", _per_min(40, 200)),
     PolicySpec("CLAIMS_LIST_WITHOUT_ROLE", Scope.PSP, "listClaims", _per_min(10, 50)),
     PolicySpec("SYNC_VERIFICATIONS_WRITE", Scope.PSP, "createSyncVerification", _per_min(10, 50)),
@@ -109,25 +113,32 @@ POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("CIDS_FILES_READ", Scope.PSP, "getCidSetFile", _per_min(10, 50)),
     PolicySpec("CIDS_EVENTS_LIST", Scope.PSP, "listCidSetEvents", _per_min(20, 100)),
     PolicySpec("CIDS_ENTRIES_READ", Scope.PSP, "getEntryByCid", _per_min(1_200, 36_000)),
-    PolicySpec("INFRACTION_REPORTS_READ", Scope.PSP, "getInfractionReport",
-               _per_min(600, 18_000)),
-    PolicySpec("INFRACTION_REPORTS_WRITE", Scope.PSP, "create/ack/cancel/closeInfractionReport",
-               _per_min(1_200, 36_000)),
-    PolicySpec("INFRACTION_REPORTS_LIST_WITH_ROLE", Scope.PSP, "listInfractionReports",
-               _per_min(40, 200)),
-    PolicySpec("INFRACTION_REPORTS_LIST_WITHOUT_ROLE", Scope.PSP, "listInfractionReports",
-               _per_min(10, 50)),
+    PolicySpec("INFRACTION_REPORTS_READ", Scope.PSP, "getInfractionReport", _per_min(600, 18_000)),
+    PolicySpec(
+        "INFRACTION_REPORTS_WRITE",
+        Scope.PSP,
+        "create/ack/cancel/closeInfractionReport",
+        _per_min(1_200, 36_000),
+    ),
+    PolicySpec(
+        "INFRACTION_REPORTS_LIST_WITH_ROLE", Scope.PSP, "listInfractionReports", _per_min(40, 200)
+    ),
+    PolicySpec(
+        "INFRACTION_REPORTS_LIST_WITHOUT_ROLE", Scope.PSP, "listInfractionReports", _per_min(10, 50)
+    ),
     PolicySpec("KEYS_CHECK", Scope.PSP, "checkKeys", _per_min(70, 70)),
     PolicySpec("REFUNDS_READ", Scope.PSP, "getRefund", _per_min(1_200, 36_000)),
     PolicySpec("REFUNDS_WRITE", Scope.PSP, "create/cancel/closeRefund", _per_min(2_400, 72_000)),
     PolicySpec("REFUND_LIST_WITH_ROLE", Scope.PSP, "listRefunds (role)", _per_min(40, 200)),
     PolicySpec("REFUND_LIST_WITHOUT_ROLE", Scope.PSP, "listRefunds", _per_min(10, 50)),
     PolicySpec("FRAUD_MARKERS_READ", Scope.PSP, "getFraudMarker", _per_min(600, 18_000)),
-    PolicySpec("FRAUD_MARKERS_WRITE", Scope.PSP, "create/cancelFraudMarker",
-               _per_min(1_200, 36_000)),
+    PolicySpec(
+        "FRAUD_MARKERS_WRITE", Scope.PSP, "create/cancelFraudMarker", _per_min(1_200, 36_000)
+    ),
     PolicySpec("FRAUD_MARKERS_LIST", Scope.PSP, "listFrauds", _per_min(600, 18_000)),
-    PolicySpec("PERSONS_STATISTICS_READ", Scope.PSP, "getPersonStatistics",
-               _per_min(12_000, 36_000)),
+    PolicySpec(
+        "PERSONS_STATISTICS_READ", Scope.PSP, "getPersonStatistics", _per_min(12_000, 36_000)
+    ),
     PolicySpec("POLICIES_READ", Scope.PSP, "getBucketState", _per_min(60, 200)),
     PolicySpec("POLICIES_LIST", Scope.PSP, "listBucketStates", _per_min(6, 20)),
 )

@@ -76,12 +76,14 @@ def validate_listing(
     polled_at: dt.datetime,
     known_policies: frozenset[str],
     *,
-    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+    max_skew: dt.timedelta | None = MAX_CLOCK_SKEW,
 ) -> list[PolicyReading]:
     """Turn a Bridge answer into readings, or raise :class:`InvalidReading`.
 
     All or nothing: the first problem rejects the participant's whole reading, so a
     participant is never half-stored. Negative available tokens are valid (DICT allows them).
+    A ResponseTime further than ``max_skew`` from our clock is refused (a Bridge sending local
+    time as UTC would shift every rate); ``None`` disables the check (replays, manual clocks).
     """
     ispb = listing.ispb
     if not ISPB_PATTERN.match(ispb or ""):
@@ -91,7 +93,7 @@ def validate_listing(
     if listing.response_time.tzinfo is None:
         raise InvalidReading(ispb, "ResponseTime", "has no time zone")
     skew = abs(listing.response_time - polled_at)
-    if skew > max_skew:
+    if max_skew is not None and skew > max_skew:
         raise InvalidReading(
             ispb,
             "ResponseTime",
@@ -140,3 +142,50 @@ def validate_listing(
             )
         )
     return readings
+
+
+@dataclass(frozen=True)
+class BucketShape:
+    """Capacity and refill of a bucket as last reported."""
+
+    capacity: int
+    refill_tokens: int
+    refill_period_sec: int
+
+
+@dataclass(frozen=True)
+class ShapeChange:
+    """A bucket whose capacity or refill differs from its previous reading."""
+
+    ispb: str
+    policy: str
+    before: BucketShape
+    after: BucketShape
+
+    def describe(self) -> str:
+        b, a = self.before, self.after
+        return (
+            f"{self.ispb}/{self.policy}: capacity {b.capacity}→{a.capacity}, refill "
+            f"{b.refill_tokens}/{b.refill_period_sec}s→{a.refill_tokens}/{a.refill_period_sec}s"
+        )
+
+
+def vanished_policies(
+    previous: dict[tuple[str, str], BucketShape], readings: list[PolicyReading], answered: set[str]
+) -> list[tuple[str, str]]:
+    """(ispb, policy) seen before but absent from the answer of a participant that answered."""
+    present = {(r.ispb, r.policy) for r in readings}
+    return sorted(key for key in previous if key[0] in answered and key not in present)
+
+
+def shape_changes(
+    previous: dict[tuple[str, str], BucketShape], readings: list[PolicyReading]
+) -> list[ShapeChange]:
+    """Readings whose capacity or refill differs from the previous reading of the policy."""
+    changes = []
+    for r in readings:
+        before = previous.get((r.ispb, r.policy))
+        after = BucketShape(r.capacity, r.refill_tokens, r.refill_period_sec)
+        if before is not None and before != after:
+            changes.append(ShapeChange(r.ispb, r.policy, before, after))
+    return changes

@@ -159,12 +159,8 @@ class TokenBucket:
         total = ok + not_found
         if total <= 0:
             return ServeResult(0, 0, 0, 0)
-        accepted = 0
-        if self.level > 0:
-            average_cost = (ok + not_found * not_found_cost) / total
-            accepted = min(total, math.ceil(self.level / average_cost - 1e-9))
-        accepted_nf = round(accepted * not_found / total)
-        accepted_ok = accepted - accepted_nf
+        accepted_ok, accepted_nf = self._admit(ok, not_found, not_found_cost)
+        accepted = accepted_ok + accepted_nf
         self.level -= accepted_ok + accepted_nf * not_found_cost
         rejected = total - accepted
         credited = 0
@@ -187,10 +183,40 @@ class TokenBucket:
             self._close_interval(self.time)  # a payment credit lifted it back above zero
         return ServeResult(accepted_ok, accepted_nf, rejected, credited)
 
+    def _admit(self, ok: int, not_found: int, not_found_cost: int) -> tuple[int, int]:
+        """How many of each kind are accepted, as if served one by one in an even interleave.
+
+        After ``k`` requests of the interleave, ``k * not_found // total`` were 404s. The
+        balance after ``k`` requests only decreases with ``k``, so the accepted count (every
+        request arriving while the bucket still held more than zero) is found by bisection.
+        """
+        total = ok + not_found
+        if self.level <= 0:
+            return 0, 0
+
+        def level_after(k: int) -> float:
+            nf = k * not_found // total
+            return self.level - (k - nf) - nf * not_found_cost
+
+        if level_after(total) > 0:
+            accepted = total
+        else:  # smallest k whose balance is <= 0: the k-th request was still accepted
+            low, high = 1, total
+            while low < high:
+                middle = (low + high) // 2
+                if level_after(middle) <= 0:
+                    high = middle
+                else:
+                    low = middle + 1
+            accepted = low
+        accepted_nf = accepted * not_found // total
+        return accepted - accepted_nf, accepted_nf
+
     def consume(self, cost: int = 1) -> bool:
         """One request of ``cost`` (the monitor's own POLICIES_* calls); False = 429."""
-        result = self.serve(ok=1 if cost == 1 else 0, not_found=0 if cost == 1 else 1,
-                            not_found_cost=cost)
+        result = self.serve(
+            ok=1 if cost == 1 else 0, not_found=0 if cost == 1 else 1, not_found_cost=cost
+        )
         return result.rejected == 0
 
     # -- ground truth ---------------------------------------------------------------------

@@ -104,7 +104,9 @@ class Simulator:
         self._t = 0.0
         self._lock = threading.RLock()
         self._events_done: set[int] = set()
-        self._rate_cache: dict[tuple[str, str], tuple[float, float, tuple[float, float, float]]] = {}
+        self._rate_cache: dict[
+            tuple[str, str], tuple[float, float, tuple[float, float, float]]
+        ] = {}
         self._traffic_by_policy: dict[str, list[Traffic]] = defaultdict(list)
         for entry in scenario.traffic:
             self._traffic_by_policy[entry.policy].append(entry)
@@ -278,7 +280,9 @@ class Simulator:
             participant = self._participant(ispb)
             self._charge(participant, "POLICIES_LIST")
             return Listing(
-                now, uuid.uuid4().hex, participant.category,
+                now,
+                uuid.uuid4().hex,
+                participant.category,
                 self._state(participant, LISTED_POLICY_NAMES),
             )
 

@@ -135,8 +135,14 @@ def _antiscan(from_s: float, to_s: float, factor: float, not_found: float, payme
 
 _BUSINESS_HOURS = [0.05] * 7 + [0.3, 0.6, 0.8, 0.85, 0.9, 0.7, 0.8, 0.85, 0.8, 0.7, 0.5, 0.3]
 _BUSINESS_HOURS += [0.15] * (24 - len(_BUSINESS_HOURS))
-_BUSY_POLICIES = ("ENTRIES_WRITE", "CLAIMS_READ", "REFUNDS_WRITE", "KEYS_CHECK",
-                  "PERSONS_STATISTICS_READ", "FRAUD_MARKERS_READ")
+_BUSY_POLICIES = (
+    "ENTRIES_WRITE",
+    "CLAIMS_READ",
+    "REFUNDS_WRITE",
+    "KEYS_CHECK",
+    "PERSONS_STATISTICS_READ",
+    "FRAUD_MARKERS_READ",
+)
 
 BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
     "steady": {
@@ -155,8 +161,10 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
                 for p in _BUSY_POLICIES
                 for h, f in enumerate(_BUSINESS_HOURS)
             ],
-            *[_antiscan(h * 3600, (h + 1) * 3600, f, 0.02, 0.6)
-              for h, f in enumerate(_BUSINESS_HOURS)],
+            *[
+                _antiscan(h * 3600, (h + 1) * 3600, f, 0.02, 0.6)
+                for h, f in enumerate(_BUSINESS_HOURS)
+            ],
             _antiscan(12 * 3600, 12 * 3600 + 600, 0.6, 0.1, 0.3),
         ],
     },
@@ -179,8 +187,7 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
             *_everything(0.2, until=600),
             {"policy": "KEYS_CHECK", "from_s": 600, "to_s": 780, "refill_factor": 3.0},
             {"policy": "ENTRIES_UPDATE", "from_s": 600, "to_s": 780, "refill_factor": 2.0},
-            {"policy": "CLAIMS_LIST_WITH_ROLE", "from_s": 600, "to_s": 1200,
-             "refill_factor": 2.0},
+            {"policy": "CLAIMS_LIST_WITH_ROLE", "from_s": 600, "to_s": 1200, "refill_factor": 2.0},
         ],
     },
     "category-downgrade": {
@@ -189,8 +196,14 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
         "moves the participant to category D (8,000/min) and the bucket runs dry.",
         "traffic": [
             *_everything(0.2),
-            {"policy": "ENTRIES_READ_PARTICIPANT_ANTISCAN", "from_s": 0, "to_s": 10**9,
-             "rpm": 15_000, "not_found_share": 0.02, "payment_share": 0.5},
+            {
+                "policy": "ENTRIES_READ_PARTICIPANT_ANTISCAN",
+                "from_s": 0,
+                "to_s": 10**9,
+                "rpm": 15_000,
+                "not_found_share": 0.02,
+                "payment_share": 0.2,
+            },
         ],
         "events": [{"at_s": 900, "category": "D"}],
     },
@@ -206,8 +219,7 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
             _antiscan(480, 900, 1.0, 0.8, 0.0),
             {"policy": "KEYS_CHECK", "from_s": 900, "to_s": 1200, "refill_factor": 2.5},
             {"policy": "ENTRIES_UPDATE", "from_s": 900, "to_s": 1080, "refill_factor": 2.0},
-            {"policy": "CLAIMS_LIST_WITH_ROLE", "from_s": 900, "to_s": 1500,
-             "refill_factor": 1.8},
+            {"policy": "CLAIMS_LIST_WITH_ROLE", "from_s": 900, "to_s": 1500, "refill_factor": 1.8},
             {"policy": "ENTRIES_WRITE", "from_s": 1200, "to_s": 1800, "refill_factor": 0.6},
         ],
     },

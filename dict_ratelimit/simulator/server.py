@@ -113,7 +113,7 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return _malform(listing, malformed) if malformed else listing
 
-    def ListPolicies(self, request, context):  # noqa: N802 (gRPC method name)
+    def ListPolicies(self, request, context):
         listing = self._call(
             request.participant, context, lambda: self.simulator.list_policies(request.participant)
         )
@@ -126,7 +126,7 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
             response.response_time.CopyFrom(_timestamp(listing.response_time))
         return response
 
-    def GetPolicy(self, request, context):  # noqa: N802
+    def GetPolicy(self, request, context):
         listing = self._call(
             request.participant,
             context,
@@ -141,9 +141,9 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
             response.response_time.CopyFrom(_timestamp(listing.response_time))
         return response
 
-    def GetRequestStats(self, request, context):  # noqa: N802
-        window = request.window.ToTimedelta() if request.HasField("window") else dt.timedelta(
-            minutes=5
+    def GetRequestStats(self, request, context):
+        window = (
+            request.window.ToTimedelta() if request.HasField("window") else dt.timedelta(minutes=5)
         )
         try:
             start, end, totals = self.simulator.request_stats(request.participant, window)
@@ -172,10 +172,10 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
         self.simulator = simulator
         self.faults = faults
 
-    def GetTime(self, request, context):  # noqa: N802
+    def GetTime(self, request, context):
         return ctl.TimeResponse(now=_timestamp(self.simulator.now()))
 
-    def AdvanceClock(self, request, context):  # noqa: N802
+    def AdvanceClock(self, request, context):
         clock = self.simulator.clock
         if not isinstance(clock, ManualClock):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the clock is not manual")
@@ -184,7 +184,7 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
         clock.advance(request.seconds)
         return ctl.TimeResponse(now=_timestamp(self.simulator.now()))
 
-    def GetGroundTruth(self, request, context):  # noqa: N802
+    def GetGroundTruth(self, request, context):
         response = ctl.GroundTruthResponse(now=_timestamp(self.simulator.now()))
         for ispb in sorted(self.simulator.participants):
             if request.participant and request.participant != ispb:
@@ -200,14 +200,16 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
                 )
                 for interval in bucket.intervals:
                     item = truth.empty_intervals.add(rejected=interval.rejected)
-                    item.start.CopyFrom(_timestamp(self.simulator.seconds_to_datetime(interval.start)))
+                    item.start.CopyFrom(
+                        _timestamp(self.simulator.seconds_to_datetime(interval.start))
+                    )
                     if interval.end is not None:
                         item.end.CopyFrom(
                             _timestamp(self.simulator.seconds_to_datetime(interval.end))
                         )
         return response
 
-    def InjectFault(self, request, context):  # noqa: N802
+    def InjectFault(self, request, context):
         kind = _FAULT_KINDS.get(request.kind)
         if kind is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fault kind is required")
@@ -224,11 +226,11 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return ctl.InjectFaultResponse(active_faults=self.faults.add(fault))
 
-    def ClearFaults(self, request, context):  # noqa: N802
+    def ClearFaults(self, request, context):
         self.faults.clear()
         return ctl.ClearFaultsResponse()
 
-    def SetCategory(self, request, context):  # noqa: N802
+    def SetCategory(self, request, context):
         if len(request.category) != 1 or not "A" <= request.category <= "H":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "category must be one of A-H")
         try:

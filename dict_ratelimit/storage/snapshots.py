@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from dict_ratelimit.domain.readings import PolicyReading
+from dict_ratelimit.domain.readings import BucketShape, PolicyReading
 from dict_ratelimit.domain.retention import month_start
 from dict_ratelimit.storage.partitions import create_partition
 from dict_ratelimit.storage.tables import policy_snapshot
@@ -83,3 +83,35 @@ def store_readings(connection: Connection, readings: Sequence[PolicyReading]) ->
 
 def _by_time(reading: PolicyReading):  # type: ignore[no-untyped-def]
     return reading.response_time
+
+
+@dataclass(frozen=True)
+class PreviousReadings:
+    """What the last readings said, for comparison with a new sweep."""
+
+    shapes: dict[tuple[str, str], BucketShape]  # latest reading of every known policy
+    last_sweep: dict[tuple[str, str], BucketShape]  # only the participant's newest reading
+
+
+def previous_readings(connection: Connection, ispbs: Sequence[str]) -> PreviousReadings:
+    """Latest reading per (ispb, policy) of these participants, through the indexed view."""
+    rows = connection.execute(
+        sa.text(
+            "SELECT ispb, policy, response_time, capacity, refill_tokens, refill_period_sec "
+            "FROM dict_ratelimit.latest_policy_state WHERE ispb = ANY(:ispbs)"
+        ),
+        {"ispbs": list(ispbs)},
+    ).all()
+    newest: dict[str, dt.datetime] = {}
+    for row in rows:
+        newest[row.ispb] = max(newest.get(row.ispb, row.response_time), row.response_time)
+    shapes = {
+        (row.ispb, row.policy): BucketShape(row.capacity, row.refill_tokens, row.refill_period_sec)
+        for row in rows
+    }
+    last_sweep = {
+        (row.ispb, row.policy): shapes[(row.ispb, row.policy)]
+        for row in rows
+        if row.response_time == newest[row.ispb]
+    }
+    return PreviousReadings(shapes=shapes, last_sweep=last_sweep)

@@ -1,0 +1,169 @@
+"""``policy_snapshots``: one sweep of every monitored participant's DICT buckets.
+
+Thin by design: poll (bridge.poller), compare with the previous readings (domain), store
+(storage.snapshots), and report. A participant that fails is reported by the blocking check
+``complete_reading`` while the others are stored; nothing partial is stored for it.
+"""
+
+import datetime as dt
+import random
+import statistics
+import time
+
+import dagster as dg
+import sqlalchemy as sa
+
+from dict_ratelimit.bridge.poller import PollResult, poll_participants
+from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
+from dict_ratelimit.domain.readings import shape_changes, vanished_policies
+from dict_ratelimit.storage.snapshots import previous_readings, store_readings
+
+DICT_BRIDGE = dg.AssetSpec(
+    "dict_bridge",
+    description="DICT bucket state (GET /policies/), read through the institution's gRPC "
+    "Bridge. External: Dagster does not materialize it.",
+    group_name="dict",
+    kinds={"grpc"},
+)
+
+COMPLETE_READING = "complete_reading"
+BUCKET_SHAPE_UNCHANGED = "bucket_shape_unchanged"
+
+
+def _worst(result: PollResult) -> dict[str, object]:
+    readings = result.all_readings
+    if not readings:
+        return {}
+    worst = min(readings, key=lambda r: r.remaining_ratio)
+    return {
+        "worst_policy": f"{worst.ispb}/{worst.policy}",
+        "worst_remaining_ratio": round(worst.remaining_ratio, 4),
+        "worst_available_tokens": worst.available_tokens,
+    }
+
+
+@dg.asset(
+    deps=[DICT_BRIDGE],
+    group_name="dict",
+    kinds={"postgres"},
+    description="Every monitored participant's DICT buckets, appended to "
+    "dict_ratelimit.policy_snapshot (one row per policy and DICT ResponseTime).",
+    check_specs=[
+        dg.AssetCheckSpec(
+            COMPLETE_READING,
+            asset="policy_snapshots",
+            blocking=True,
+            description="Every monitored participant answered with a valid reading, and every "
+            "policy of its previous reading is still there.",
+        ),
+        dg.AssetCheckSpec(
+            BUCKET_SHAPE_UNCHANGED,
+            asset="policy_snapshots",
+            description="No bucket's capacity or refill changed since its previous reading.",
+        ),
+    ],
+)
+def policy_snapshots(
+    context: dg.AssetExecutionContext, bridge: BridgeResource, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    ispbs = bridge.participant_list()
+    if bridge.poll_jitter_seconds > 0:
+        # 300 s is a multiple of most refill periods: without jitter every sweep would see
+        # the same refill phase.
+        time.sleep(random.uniform(0, bridge.poll_jitter_seconds))
+
+    started = time.perf_counter()
+    with postgres.engine.connect() as connection:
+        previous = previous_readings(connection, ispbs)
+    client = bridge.client()
+    try:
+        poll_started = time.perf_counter()
+        result = poll_participants(
+            client,
+            ispbs,
+            bridge.known_policies(),
+            max_skew=dt.timedelta(seconds=bridge.max_clock_skew_seconds)
+            if bridge.max_clock_skew_seconds > 0
+            else None,
+            max_concurrency=bridge.max_concurrency,
+        )
+        bridge_seconds = time.perf_counter() - poll_started
+    finally:
+        client.close()
+
+    if (
+        not result.readings
+        and result.failures
+        and all(f.retryable for f in result.failures.values())
+    ):
+        # Nobody answered and it may be transient (Bridge restarting, DICT 503): retry the
+        # whole step rather than report a tick of nothing.
+        raise dg.RetryRequested(max_retries=2, seconds_to_wait=bridge.retry_wait_seconds)
+
+    insert_started = time.perf_counter()
+    try:
+        with postgres.engine.begin() as connection:
+            inserted = store_readings(connection, result.all_readings)
+    except sa.exc.OperationalError as error:  # Postgres restarting: the sweep is repeatable
+        context.log.warning(f"database unavailable while storing readings: {error.orig}")
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=bridge.retry_wait_seconds) from error
+    insert_seconds = time.perf_counter() - insert_started
+
+    answered = set(result.readings)
+    vanished = vanished_policies(previous.last_sweep, result.all_readings, answered)
+    changes = shape_changes(previous.shapes, result.all_readings)
+    for failure in result.failures.values():
+        context.log.error(f"no reading for {failure.ispb}: {failure.message}")
+    for ispb, policy in vanished:
+        context.log.error(f"policy {policy} of {ispb} vanished from DICT's answer")
+
+    response_times = sorted({r.response_time for r in result.all_readings})
+    latencies = list(result.latency_seconds.values())
+    failures_by_class: dict[str, int] = {}
+    for failure in result.failures.values():
+        failures_by_class[failure.error_class] = failures_by_class.get(failure.error_class, 0) + 1
+    metadata: dict[str, object] = {
+        "rows_inserted": inserted,
+        "readings": len(result.all_readings),
+        "participants_monitored": len(ispbs),
+        "participants_answered": len(answered),
+        "participants_failed": dg.MetadataValue.json(
+            {f.ispb: f"{f.error_class}: {f.message}" for f in result.failures.values()}
+        ),
+        "bridge_errors_by_class": dg.MetadataValue.json(failures_by_class),
+        "polled_at": result.polled_at.isoformat(),
+        "poll_second_of_minute": round(
+            result.polled_at.second + result.polled_at.microsecond / 1e6, 3
+        ),
+        "dict_response_time_min": response_times[0].isoformat() if response_times else "",
+        "dict_response_time_max": response_times[-1].isoformat() if response_times else "",
+        "bridge_latency_p50_seconds": round(statistics.median(latencies), 4) if latencies else 0.0,
+        "bridge_latency_max_seconds": round(max(latencies), 4) if latencies else 0.0,
+        "bridge_seconds": round(bridge_seconds, 4),
+        "insert_seconds": round(insert_seconds, 4),
+        "total_seconds": round(time.perf_counter() - started, 4),
+        **_worst(result),
+    }
+    complete = dg.AssetCheckResult(
+        check_name=COMPLETE_READING,
+        passed=not result.failures and not vanished,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "missing_participants": dg.MetadataValue.json(sorted(result.failures)),
+            "vanished_policies": dg.MetadataValue.json([f"{i}/{p}" for i, p in vanished]),
+        },
+        description=_describe_completeness(result, vanished),
+    )
+    shape = dg.AssetCheckResult(
+        check_name=BUCKET_SHAPE_UNCHANGED,
+        passed=not changes,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"changes": dg.MetadataValue.json([c.describe() for c in changes])},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[complete, shape])
+
+
+def _describe_completeness(result: PollResult, vanished: list[tuple[str, str]]) -> str:
+    parts = [f"{f.ispb}: {f.error_class}" for f in result.failures.values()]
+    parts += [f"{ispb}/{policy} vanished" for ispb, policy in vanished]
+    return "; ".join(parts) if parts else "every participant answered with every policy"
