@@ -69,7 +69,8 @@ def main(verbose: bool) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        logging.getLogger("yoyo").setLevel(logging.WARNING)
+        for noisy in ("yoyo", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.group()
@@ -233,7 +234,7 @@ def tick() -> None:
     """Run one monitor tick in-process and print the readings it stored."""
     import dagster as dg
 
-    from dict_ratelimit.definitions import defs
+    from dict_ratelimit.definitions import build_definitions
     from dict_ratelimit.defs.resources import PostgresResource, bridge_resource_from_env
 
     settings = _settings()
@@ -245,9 +246,7 @@ def tick() -> None:
             "postgres": PostgresResource(database_url=url.render_as_string(hide_password=False)),
             "bridge": bridge_resource_from_env(),
         }
-        job = dg.Definitions(
-            assets=defs.assets, jobs=[defs.resolve_job_def("monitor_job")], resources=resources
-        ).resolve_job_def("monitor_job")
+        job = build_definitions(resources).resolve_job_def("monitor_job")
         with (
             dg.DagsterInstance.get()
             if os.environ.get("DAGSTER_HOME")

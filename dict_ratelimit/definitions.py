@@ -11,8 +11,11 @@ from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
 
 
-def build_definitions() -> dg.Definitions:
-    """All jobs, schedules and resources of the code location."""
+def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
+    """All assets, jobs, schedules and resources of the code location.
+
+    ``resources`` replaces the environment-driven defaults (tests, ``dict-ratelimit tick``).
+    """
     settings = get_settings()
     return dg.Definitions(
         assets=[DICT_BRIDGE, policy_snapshots],
@@ -21,7 +24,7 @@ def build_definitions() -> dg.Definitions:
             monitor_schedule(settings.monitor_cron),
             retention_schedule(settings.retention_months, settings.months_ahead),
         ],
-        resources=default_resources(),
+        resources=resources if resources is not None else default_resources(),
     )
 
 

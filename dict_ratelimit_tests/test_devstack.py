@@ -11,6 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
 
 READY_TIMEOUT = 240
@@ -24,6 +27,25 @@ def _graphql(port: int, query: str) -> dict:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"]
+
+
+def _launch_and_wait(port: int, job: str) -> str:
+    launched = _graphql(
+        port,
+        f"""mutation {{ launchRun(executionParams: {{selector: {{
+        repositoryLocationName: "dict_ratelimit", repositoryName: "__repository__",
+        jobName: "{job}"}}, runConfigData: "{{}}"}}) {{
+        __typename ... on LaunchRunSuccess {{ run {{ runId }} }} }} }}""",
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    status = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and status not in {"SUCCESS", "FAILURE", "CANCELED"}:
+        time.sleep(1)
+        query = f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}'
+        status = _graphql(port, query)["runOrError"]["status"]
+    return str(status)
 
 
 def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
@@ -51,8 +73,14 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         "DICT_RATELIMIT_DAGSTER_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
-    env.pop("DAGSTER_HOME", None)
+    for inherited in (
+        "DAGSTER_HOME",
+        "DICT_RATELIMIT_BRIDGE_TARGET",
+        "DICT_RATELIMIT_PARTICIPANTS",
+    ):
+        env.pop(inherited, None)
     embedded = not env.get("DATABASE_URL")
+    early: list[str] = []
     process = subprocess.Popen(
         [sys.executable, "-m", "dict_ratelimit.cli", "dev"],
         env=env,
@@ -61,7 +89,7 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         text=True,
     )
     try:
-        _wait_for_line(process, "Dagster UI ready at", READY_TIMEOUT)
+        early = _wait_for_line(process, "Dagster UI ready at", READY_TIMEOUT)
 
         data = _graphql(
             port,
@@ -72,31 +100,30 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         assert "retention_job" in {job["name"] for job in repository["jobs"]}
         schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
         assert schedules["retention_daily"] == "RUNNING"
+        assert schedules["monitor_every_5_minutes"] == "RUNNING"
 
-        launched = _graphql(
-            port,
-            """mutation { launchRun(executionParams: {selector: {
-            repositoryLocationName: "dict_ratelimit", repositoryName: "__repository__",
-            jobName: "retention_job"}, runConfigData: "{}"}) {
-            __typename ... on LaunchRunSuccess { run { runId } } } }""",
-        )["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        status = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and status not in {"SUCCESS", "FAILURE", "CANCELED"}:
-            time.sleep(1)
-            status = _graphql(
-                port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}'
-            )["runOrError"]["status"]
-        assert status == "SUCCESS"
+        for job in ("retention_job", "monitor_job"):
+            assert _launch_and_wait(port, job) == "SUCCESS", job
         if embedded:
             assert EmbeddedPostgres(data_dir / "postgres").running_server() is not None
             assert (data_dir / "dagster_home" / "dagster.yaml").is_file()
+            engine = create_db_engine(
+                EmbeddedPostgres(data_dir / "postgres").ensure_running().url("dict_ratelimit")
+            )
+            with engine.connect() as connection:
+                stored = connection.execute(
+                    sa.text(
+                        "SELECT count(DISTINCT ispb), count(*) FROM dict_ratelimit.policy_snapshot"
+                    )
+                ).one()
+            engine.dispose()
+            # the demo's two participants, 28 policies each, per tick (the schedule may add one)
+            assert stored[0] == 2 and stored[1] >= 56 and stored[1] % 56 == 0
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=90)
     assert process.returncode == 0, output[-3000:]
+    assert "DICT simulator on 127.0.0.1:" in "".join(early)
     if embedded:
         assert "embedded PostgreSQL stopped" in output
         assert EmbeddedPostgres(data_dir / "postgres").running_server() is None

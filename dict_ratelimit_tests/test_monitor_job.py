@@ -10,9 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from dict_ratelimit.defs.monitor import monitor_job
+from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
-from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.simulation import START, RunningSimulator, running_simulator
 
@@ -38,14 +37,8 @@ def _resources(sim: RunningSimulator, db_url: URL) -> dict[str, object]:
 
 
 def _tick(sim: RunningSimulator, db_url: URL, instance: dg.DagsterInstance | None = None):  # type: ignore[no-untyped-def]
-    definitions = dg.Definitions(
-        assets=[DICT_BRIDGE, policy_snapshots],
-        jobs=[monitor_job],
-        resources=_resources(sim, db_url),
-    )
-    return definitions.resolve_job_def("monitor_job").execute_in_process(
-        instance=instance, raise_on_error=False
-    )
+    job = build_definitions(_resources(sim, db_url)).resolve_job_def("monitor_job")
+    return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
 def _metadata(result) -> dict:  # type: ignore[no-untyped-def]

@@ -53,6 +53,11 @@ def test_category_change_is_recorded_with_dicts_time(engine: Engine) -> None:
     earlier, later = NOW - dt.timedelta(minutes=5), NOW
     with engine.begin() as connection:
         store_readings(connection, [reading(earlier, category="A")])
+    with engine.connect() as connection:
+        first = connection.execute(
+            sa.text("SELECT category, category_changed_at FROM dict_ratelimit.participant")
+        ).one()
+    assert tuple(first) == ("A", earlier)  # in category A since its first reading
     with engine.begin() as connection:
         store_readings(connection, [reading(later, category="C")])
     with engine.connect() as connection:

@@ -18,7 +18,7 @@ CREATE TABLE dict_ratelimit.participant (
 COMMENT ON TABLE dict_ratelimit.participant IS
     'A participant whose DICT buckets are monitored; category as DICT last reported it';
 COMMENT ON COLUMN dict_ratelimit.participant.category_changed_at IS
-    'DICT ResponseTime of the first reading with the current category (NULL: never changed)';
+    'DICT ResponseTime of the first reading with the current category (first reading ever for a participant whose category never changed)';
 
 -- Latest known bucket size and refill of each (participant, policy). Never hard-coded: DICT
 -- reports them in every reading, and they can change (a category change, a BACEN decision).

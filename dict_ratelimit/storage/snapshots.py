@@ -2,87 +2,128 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from dict_ratelimit.domain.readings import BucketShape, PolicyReading
 from dict_ratelimit.domain.retention import month_start
 from dict_ratelimit.storage.partitions import create_partition
-from dict_ratelimit.storage.tables import policy_snapshot
 
-_UPSERT_PARTICIPANT = sa.text(
-    """
-    INSERT INTO dict_ratelimit.participant AS p (ispb, category, first_seen_at, last_seen_at)
-    VALUES (:ispb, :category, now(), now())
+SNAPSHOT_COLUMNS = (
+    "ispb",
+    "policy",
+    "response_time",
+    "polled_at",
+    "category",
+    "available_tokens",
+    "capacity",
+    "refill_tokens",
+    "refill_period_sec",
+    "correlation_id",
+)
+_COLUMNS = ", ".join(SNAPSHOT_COLUMNS)
+
+# A session-local staging table: the batch is COPied in, then spread server-side.
+_CREATE_BATCH = (
+    "CREATE TEMP TABLE IF NOT EXISTS snapshot_batch "
+    "(LIKE dict_ratelimit.policy_snapshot INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_COPY_BATCH = f"COPY snapshot_batch ({_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
+
+_UPSERT_PARTICIPANTS = """
+    INSERT INTO dict_ratelimit.participant AS p (ispb, category, category_changed_at)
+    SELECT DISTINCT ON (ispb) ispb, category, response_time
+    FROM snapshot_batch ORDER BY ispb, response_time DESC
     ON CONFLICT (ispb) DO UPDATE SET
         category = EXCLUDED.category,
-        category_changed_at = CASE
-            WHEN p.category IS DISTINCT FROM EXCLUDED.category AND p.category IS NOT NULL
-            THEN :response_time ELSE p.category_changed_at END,
+        -- DICT's time of the first reading with the new category
+        category_changed_at = CASE WHEN p.category IS DISTINCT FROM EXCLUDED.category
+                                   THEN EXCLUDED.category_changed_at
+                                   ELSE p.category_changed_at END,
         last_seen_at = now()
-    """
-)
+"""
 
-_UPSERT_POLICY = sa.text(
-    """
-    INSERT INTO dict_ratelimit.policy AS p
-        (ispb, policy, capacity, refill_tokens, refill_period_sec, first_seen_at, last_seen_at)
-    VALUES (:ispb, :policy, :capacity, :refill_tokens, :refill_period_sec, now(), now())
+_UPSERT_POLICIES = """
+    INSERT INTO dict_ratelimit.policy AS p (ispb, policy, capacity, refill_tokens,
+                                            refill_period_sec)
+    SELECT DISTINCT ON (ispb, policy) ispb, policy, capacity, refill_tokens, refill_period_sec
+    FROM snapshot_batch ORDER BY ispb, policy, response_time DESC
     ON CONFLICT (ispb, policy) DO UPDATE SET
         capacity = EXCLUDED.capacity,
         refill_tokens = EXCLUDED.refill_tokens,
         refill_period_sec = EXCLUDED.refill_period_sec,
         last_seen_at = now()
-    """
-)
+    -- rewriting thousands of unchanged rows every tick would double its write cost: update a
+    -- changed shape at once, and last_seen_at at most hourly
+    WHERE (p.capacity, p.refill_tokens, p.refill_period_sec)
+          IS DISTINCT FROM (EXCLUDED.capacity, EXCLUDED.refill_tokens, EXCLUDED.refill_period_sec)
+       OR p.last_seen_at < now() - interval '1 hour'
+"""
 
-_INSERT_SNAPSHOTS = (
-    pg_insert(policy_snapshot)
-    .on_conflict_do_nothing(index_elements=["ispb", "policy", "response_time"])
-    .returning(policy_snapshot.c.ispb)
-)
-_SNAPSHOT_COLUMNS = [column.name for column in policy_snapshot.columns]
+_INSERT_SNAPSHOTS = f"""
+    INSERT INTO dict_ratelimit.policy_snapshot ({_COLUMNS})
+    SELECT {_COLUMNS} FROM snapshot_batch
+    ON CONFLICT (ispb, policy, response_time) DO NOTHING
+"""
+
+
+def _csv(readings: Sequence[PolicyReading]) -> io.StringIO:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for r in readings:
+        writer.writerow(
+            (
+                r.ispb,
+                r.policy,
+                r.response_time.isoformat(),
+                r.polled_at.isoformat(),
+                r.category,
+                r.available_tokens,
+                r.capacity,
+                r.refill_tokens,
+                r.refill_period_sec,
+                r.correlation_id,  # None -> empty, which CSV COPY reads as NULL
+            )
+        )
+    buffer.seek(0)
+    return buffer
 
 
 def store_readings(connection: Connection, readings: Sequence[PolicyReading]) -> int:
     """Upsert participants and policies, append snapshots; returns snapshots newly stored.
 
-    Runs in the caller's transaction, so one participant's reading is stored whole or not at
-    all. Re-storing the same readings stores nothing new.
+    Runs in the caller's transaction, so one sweep is stored whole or not at all. Re-storing
+    the same readings stores nothing new. The batch is COPied into a temporary table and
+    spread with three INSERT ... SELECT statements: about 50 ms of server time for 3,000
+    readings, where a multi-row VALUES insert spent most of its time building and parsing
+    parameters.
     """
     if not readings:
         return 0
     # A month whose partition is missing (retention job not run for a while) gets one now,
     # so a reading is never refused for its date.
-    for month in sorted(
-        {month_start(r.response_time.astimezone(dt.timezone.utc).date()) for r in readings}
-    ):
+    months = {month_start(r.response_time.astimezone(dt.timezone.utc).date()) for r in readings}
+    for month in sorted(months):
         create_partition(connection, "policy_snapshot", month)
-    latest_per_participant = {r.ispb: r for r in sorted(readings, key=_by_time)}
-    for reading in latest_per_participant.values():
-        connection.execute(
-            _UPSERT_PARTICIPANT,
-            {
-                "ispb": reading.ispb,
-                "category": reading.category,
-                "response_time": reading.response_time,
-            },
-        )
-    latest_per_policy = {(r.ispb, r.policy): r for r in sorted(readings, key=_by_time)}
-    connection.execute(_UPSERT_POLICY, [asdict(r) for r in latest_per_policy.values()])
-    rows = [{column: getattr(r, column) for column in _SNAPSHOT_COLUMNS} for r in readings]
-    # SQLAlchemy batches this executemany into multi-row INSERTs (insertmanyvalues) instead
-    # of a round trip per row; RETURNING yields only the rows that were new.
-    return len(connection.execute(_INSERT_SNAPSHOTS, rows).all())
-
-
-def _by_time(reading: PolicyReading):  # type: ignore[no-untyped-def]
-    return reading.response_time
+    connection.exec_driver_sql(_CREATE_BATCH)
+    connection.exec_driver_sql("TRUNCATE snapshot_batch")  # a caller may reuse the session
+    cursor = connection.connection.cursor()
+    try:
+        cursor.copy_expert(_COPY_BATCH, _csv(readings))
+    finally:
+        cursor.close()
+    # exec_driver_sql: database errors surface as SQLAlchemy exceptions (IntegrityError...)
+    connection.exec_driver_sql(_UPSERT_PARTICIPANTS)
+    connection.exec_driver_sql(_UPSERT_POLICIES)
+    inserted = connection.exec_driver_sql(_INSERT_SNAPSHOTS).rowcount
+    connection.exec_driver_sql("TRUNCATE snapshot_batch")
+    return max(inserted, 0)
 
 
 @dataclass(frozen=True)

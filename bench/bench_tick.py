@@ -1,0 +1,118 @@
+"""Benchmark one monitor tick against the simulator: Bridge calls and insert, separately.
+
+    .venv/bin/python bench/bench_tick.py [--repeat 5] [--participants 1,10,100]
+
+Starts its own embedded PostgreSQL (fsync on, as in dev) and a simulator on loopback, runs N
+ticks per size (each tick 300 simulated seconds after the previous one; the simulator replays
+that traffic before the clock starts, since a real Bridge has no such cost) and prints the
+median and max of: the concurrent ListPolicies sweep (gRPC + validation), the insert
+transaction, and the whole asset body measured by a monitor_job run. Results are recorded in
+docs/measurements.md by hand, with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dict_ratelimit.bridge.client import BridgeClient
+from dict_ratelimit.bridge.poller import poll_participants
+from dict_ratelimit.definitions import build_definitions
+from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
+from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
+from dict_ratelimit.settings import project_root
+from dict_ratelimit.simulator.clock import ManualClock
+from dict_ratelimit.simulator.engine import Simulator
+from dict_ratelimit.simulator.scenarios import load_scenario
+from dict_ratelimit.simulator.server import start_server
+from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit.storage.embedded import EmbeddedPostgres
+from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit.storage.snapshots import store_readings
+
+
+def bench_size(url: str, participants: int, repeat: int) -> dict[str, float]:
+    ispbs = [f"{10_000_000 + i:08d}" for i in range(participants)]
+    clock = ManualClock(dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    simulator = Simulator(dict.fromkeys(ispbs, "A"), load_scenario("steady"), clock)
+    server, port, _ = start_server(simulator, max_workers=32)
+    engine = create_db_engine(url)
+    sweeps, inserts, bodies = [], [], []
+    try:
+        with BridgeClient(f"127.0.0.1:{port}") as client:
+            for _ in range(repeat):
+                clock.advance(300)
+                simulator.now()  # replay the simulated traffic first: not the Bridge's cost
+                started = time.perf_counter()
+                result = poll_participants(client, ispbs, KNOWN_POLICY_NAMES, max_skew=None)
+                sweeps.append(time.perf_counter() - started)
+                assert not result.failures, result.failures
+                started = time.perf_counter()
+                with engine.begin() as connection:
+                    stored = store_readings(connection, result.all_readings)
+                inserts.append(time.perf_counter() - started)
+                assert stored == participants * 28
+        job = build_definitions(
+            {
+                "postgres": PostgresResource(database_url=url),
+                "bridge": BridgeResource(
+                    target=f"127.0.0.1:{port}",
+                    participants=",".join(ispbs),
+                    max_clock_skew_seconds=0,
+                ),
+            }
+        ).resolve_job_def("monitor_job")
+        for _ in range(repeat):
+            clock.advance(300)
+            simulator.now()
+            run = job.execute_in_process(raise_on_error=False)
+            [materialization] = run.asset_materializations_for_node("policy_snapshots")
+            bodies.append(materialization.metadata["total_seconds"].value)
+    finally:
+        engine.dispose()
+        server.stop(None)
+    return {
+        "sweep_median": statistics.median(sweeps),
+        "sweep_max": max(sweeps),
+        "insert_median": statistics.median(inserts),
+        "insert_max": max(inserts),
+        "asset_body_median": statistics.median(bodies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--participants", default="1,10,100")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
+        server = EmbeddedPostgres(Path(folder))
+        info = server.ensure_running()
+        try:
+            url = with_database(info.url(), "bench")
+            ensure_database(url)
+            engine = create_db_engine(url)
+            migrate(url, project_root() / "sql", engine)
+            engine.dispose()
+            print(
+                f"{'participants':>12} {'rows':>6} {'sweep p50':>10} {'sweep max':>10} "
+                f"{'insert p50':>10} {'insert max':>10} {'asset body p50':>15}"
+            )
+            for size in (int(n) for n in args.participants.split(",")):
+                r = bench_size(url.render_as_string(hide_password=False), size, args.repeat)
+                print(
+                    f"{size:>12} {size * 28:>6} {r['sweep_median']:>9.3f}s "
+                    f"{r['sweep_max']:>9.3f}s {r['insert_median']:>9.3f}s "
+                    f"{r['insert_max']:>9.3f}s {r['asset_body_median']:>14.3f}s",
+                    flush=True,
+                )
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`dict-ratelimit simulator` and `dict-ratelimit tick` as an operator runs them."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import URL
+
+from dict_ratelimit.bridge.client import BridgeClient
+from dict_ratelimit.cli import main
+from dict_ratelimit.settings import get_settings
+from dict_ratelimit_tests.simulation import running_simulator
+
+
+def test_simulator_command_serves_until_interrupted() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dict_ratelimit.cli",
+            "simulator",
+            "--port",
+            "0",
+            "--participant",
+            "11111111:B",
+            "--participant",
+            "22222222",
+            "--scenario",
+            "steady",
+            "--clock",
+            "manual",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        with BridgeClient(f"127.0.0.1:{match[1]}", deadline_seconds=5) as client:
+            assert client.list_policies("11111111").category == "B"
+            assert client.list_policies("22222222").category == "A"  # the default category
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--participant", "123:A"], "'123' is not an 8-digit ISPB"),
+        (["--participant", "12345678:Z"], "category 'Z' is not one of A-H"),
+        (["--scenario", "no-such"], "neither a built-in"),
+        (["--clock", "sometimes"], "clock must be real, manual or xN"),
+    ],
+)
+def test_simulator_command_rejects_bad_options(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["simulator", "--port", "0", *args])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+@pytest.fixture
+def tick_env(monkeypatch: pytest.MonkeyPatch, db_url: URL):  # type: ignore[no-untyped-def]
+    with running_simulator({"12345678": "A", "87654321": "F"}, "steady") as sim:
+        monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+        monkeypatch.setenv("DICT_RATELIMIT_BRIDGE_TARGET", sim.target)
+        monkeypatch.setenv("DICT_RATELIMIT_PARTICIPANTS", "12345678,87654321")
+        monkeypatch.setenv("DICT_RATELIMIT_MAX_CLOCK_SKEW_SECONDS", "0")
+        monkeypatch.delenv("DAGSTER_HOME", raising=False)
+        get_settings.cache_clear()
+        yield sim
+        get_settings.cache_clear()
+
+
+def test_tick_runs_the_monitor_and_prints_the_readings(tick_env) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["tick"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if re.match(r"\d{8} ", line)]
+    assert len(lines) == 56
+    assert any(re.match(r"87654321\s+ENTRIES_READ_PARTICIPANT_ANTISCAN\s+F\s", ln) for ln in lines)
+    assert "2026-11-29 12:00:00" in lines[0]
+    assert re.search(r"run [0-9a-f-]{36}: success", result.output)
+
+
+def test_tick_without_a_bridge_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DICT_RATELIMIT_BRIDGE_TARGET", raising=False)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["tick"])
+    get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "DICT_RATELIMIT_BRIDGE_TARGET is not set" in result.output
