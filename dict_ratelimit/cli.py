@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -235,7 +236,12 @@ def tick() -> None:
     import dagster as dg
 
     from dict_ratelimit.definitions import build_definitions
-    from dict_ratelimit.defs.resources import PostgresResource, bridge_resource_from_env
+    from dict_ratelimit.defs.monitor import TICK_TAGS
+    from dict_ratelimit.defs.resources import (
+        PostgresResource,
+        ThresholdsResource,
+        bridge_resource_from_env,
+    )
 
     settings = _settings()
     for name in ("DICT_RATELIMIT_BRIDGE_TARGET", "DICT_RATELIMIT_PARTICIPANTS"):
@@ -245,6 +251,9 @@ def tick() -> None:
         resources = {
             "postgres": PostgresResource(database_url=url.render_as_string(hide_password=False)),
             "bridge": bridge_resource_from_env(),
+            "thresholds": ThresholdsResource(
+                path=os.environ.get("DICT_RATELIMIT_THRESHOLDS_FILE") or None
+            ),
         }
         job = build_definitions(resources).resolve_job_def("monitor_job")
         with (
@@ -252,7 +261,12 @@ def tick() -> None:
             if os.environ.get("DAGSTER_HOME")
             else dg.DagsterInstance.ephemeral()
         ) as instance:
-            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                partition_key=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+                tags=TICK_TAGS,
+            )
         ispbs = [i.strip() for i in os.environ["DICT_RATELIMIT_PARTICIPANTS"].split(",")]
         rows = latest_readings(engine, [i for i in ispbs if i])
     click.echo(format_readings(rows))

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         description="ISPB:CATEGORY list the dev simulator serves (and the monitor watches).",
     )
     simulator_scenario: str = Field(default="demo", description="Scenario of the dev simulator.")
+    partitions_start: str = Field(
+        default="2025-10-01", description="First day of the daily metric partitions (UTC)."
+    )
     retention_months: int = Field(default=13, ge=1)
     months_ahead: int = Field(default=2, ge=0, le=24)
 

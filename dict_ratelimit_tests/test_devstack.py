@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -29,12 +30,16 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(response.read())["data"]
 
 
-def _launch_and_wait(port: int, job: str) -> str:
+def _launch_and_wait(port: int, job: str, tags: dict[str, str] | None = None) -> str:
+    tag_list = ", ".join(
+        f'{{key: "{key}", value: "{value}"}}' for key, value in (tags or {}).items()
+    )
     launched = _graphql(
         port,
         f"""mutation {{ launchRun(executionParams: {{selector: {{
         repositoryLocationName: "dict_ratelimit", repositoryName: "__repository__",
-        jobName: "{job}"}}, runConfigData: "{{}}"}}) {{
+        jobName: "{job}"}}, runConfigData: "{{}}",
+        executionMetadata: {{tags: [{tag_list}]}}}}) {{
         __typename ... on LaunchRunSuccess {{ run {{ runId }} }} }} }}""",
     )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -102,8 +107,10 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         assert schedules["retention_daily"] == "RUNNING"
         assert schedules["monitor_every_5_minutes"] == "RUNNING"
 
-        for job in ("retention_job", "monitor_job"):
-            assert _launch_and_wait(port, job) == "SUCCESS", job
+        assert _launch_and_wait(port, "retention_job") == "SUCCESS"
+        today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        tick_tags = {"dagster/partition": today, "dict_ratelimit/mode": "incremental"}
+        assert _launch_and_wait(port, "monitor_job", tick_tags) == "SUCCESS"
         if embedded:
             assert EmbeddedPostgres(data_dir / "postgres").running_server() is not None
             assert (data_dir / "dagster_home" / "dagster.yaml").is_file()

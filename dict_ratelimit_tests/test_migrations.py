@@ -54,13 +54,24 @@ def test_migrate_from_zero_then_second_run_is_a_no_op(
             policy=RetentionPolicy(months_ahead=2),
         )
         assert applied == all_ids
-        assert changes.created == [
+        assert [name for name in changes.created if ".policy_snapshot_" in name] == [
             "dict_ratelimit.policy_snapshot_y2026m11",
             "dict_ratelimit.policy_snapshot_y2026m12",
             "dict_ratelimit.policy_snapshot_y2027m01",
         ]
+        assert len(changes.created) == 4 * 3  # four partitioned tables, three months each
         tables = _tables(empty_db_url)
-        assert {"participant", "policy", "policy_snapshot", "latest_policy_state"} <= tables
+        assert {
+            "participant",
+            "policy",
+            "policy_snapshot",
+            "latest_policy_state",
+            "policy_metric",
+            "threshold_evaluation",
+            "policy_request_stats",
+            "latest_policy_health",
+            "policy_hourly",
+        } <= tables
 
         applied_again, changes_again = migrate(
             empty_db_url, migrations_dir, engine, today=dt.date(2026, 11, 29)
@@ -86,6 +97,7 @@ def test_cli_status_tells_pending_then_applied(cli_env: URL) -> None:
     pending = runner.invoke(main, ["db", "status"])
     assert pending.exit_code == 1, pending.output
     assert "pending  0001.schema-participants-policies-snapshots" in pending.output
+    assert "pending  0002.metrics-evaluations-request-stats" in pending.output
 
     migrated = runner.invoke(main, ["db", "migrate"])
     assert migrated.exit_code == 0, migrated.output

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.definitions import build_definitions
-from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
+from dict_ratelimit.defs.monitor import TICK_TAGS
+from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.simulation import START, RunningSimulator, running_simulator
 
@@ -33,12 +34,18 @@ def _resources(sim: RunningSimulator, db_url: URL) -> dict[str, object]:
             max_clock_skew_seconds=0,  # the manual clock is not our clock
             retry_wait_seconds=0.1,
         ),
+        "thresholds": ThresholdsResource(),
     }
 
 
 def _tick(sim: RunningSimulator, db_url: URL, instance: dg.DagsterInstance | None = None):  # type: ignore[no-untyped-def]
     job = build_definitions(_resources(sim, db_url)).resolve_job_def("monitor_job")
-    return job.execute_in_process(instance=instance, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        partition_key=sim.clock.now().strftime("%Y-%m-%d"),
+        tags=TICK_TAGS,
+    )
 
 
 def _metadata(result) -> dict:  # type: ignore[no-untyped-def]
@@ -196,15 +203,19 @@ def test_metadata_names_the_worst_policy(sim: RunningSimulator, db_url: URL) -> 
 
 
 def test_monitor_schedule_skips_while_a_monitor_run_is_active() -> None:
-    from dict_ratelimit.defs.monitor import SERIAL_TAG, monitor_schedule
-
-    schedule = monitor_schedule()
+    definitions = build_definitions()
+    schedule = definitions.resolve_schedule_def("monitor_every_5_minutes")
     with dg.instance_for_test() as instance:
-        when = dt.datetime(2026, 11, 29, 12, 5, tzinfo=dt.timezone.utc)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
+        when = dt.datetime(2026, 11, 29, 23, 55, tzinfo=dt.timezone.utc)
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            repository_def=definitions.get_repository_def(),
+        )
         request = schedule.evaluate_tick(context).run_requests[0]
         assert request.run_key == when.isoformat()
-        assert request.tags.items() >= SERIAL_TAG.items()
+        assert request.partition_key == "2026-11-29"  # today's partition, UTC
+        assert request.tags.items() >= TICK_TAGS.items()
         instance.add_run(
             dg.DagsterRun(job_name="monitor_job", run_id="r1", status=dg.DagsterRunStatus.STARTED)
         )

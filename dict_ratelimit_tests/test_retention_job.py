@@ -46,7 +46,7 @@ def test_job_creates_and_drops_partitions_and_reports_them(db_url: URL, engine: 
     metadata = _metadata(result)
     assert metadata["today"] == "2030-06-10"
     assert metadata["oldest_kept_month"] == "2029-05-01"
-    assert metadata["created"] == [
+    assert [name for name in metadata["created"] if ".policy_snapshot_" in name] == [
         "dict_ratelimit.policy_snapshot_y2030m07",
         "dict_ratelimit.policy_snapshot_y2030m08",
     ]

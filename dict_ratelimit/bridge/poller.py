@@ -8,13 +8,14 @@ their class so the caller can decide what the run should say.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dict_ratelimit.bridge.client import BridgeClient
+from dict_ratelimit.bridge.client import BridgeClient, RequestStats
 from dict_ratelimit.bridge.errors import BridgeError
 from dict_ratelimit.domain.readings import InvalidReading, PolicyReading, validate_listing
 
@@ -44,10 +45,37 @@ class PollResult:
     readings: dict[str, list[PolicyReading]] = field(default_factory=dict)
     failures: dict[str, ParticipantFailure] = field(default_factory=dict)
     latency_seconds: dict[str, float] = field(default_factory=dict)
+    request_stats: dict[str, RequestStats] = field(default_factory=dict)
+    stats_unavailable: dict[str, str] = field(default_factory=dict)  # ispb -> why
 
     @property
     def all_readings(self) -> list[PolicyReading]:
         return [r for readings in self.readings.values() for r in readings]
+
+    def request_stats_rows(self) -> list[tuple[str, str, dt.datetime, int, str, int, int]]:
+        """Rows for ``policy_request_stats``, keyed by the sweep's DICT ResponseTime (so the
+        metrics of that snapshot find them) for the participants that answered."""
+        rows = []
+        for ispb, stats in self.request_stats.items():
+            readings = self.readings.get(ispb)
+            if not readings:
+                continue
+            window_end = readings[0].response_time
+            seconds = max(1, round((stats.window_end - stats.window_start).total_seconds()))
+            for policy, counts in stats.by_policy.items():
+                responses = json.dumps({str(k): v for k, v in sorted(counts.items())})
+                rows.append(
+                    (
+                        ispb,
+                        policy,
+                        window_end,
+                        seconds,
+                        responses,
+                        sum(counts.values()),
+                        counts.get(404, 0),
+                    )
+                )
+        return rows
 
 
 def poll_participants(
@@ -58,6 +86,7 @@ def poll_participants(
     max_skew: dt.timedelta | None = dt.timedelta(minutes=10),
     max_concurrency: int = 16,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    stats_window: dt.timedelta | None = None,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     sleep: Callable[[float], None] = time.sleep,
 ) -> PollResult:
@@ -65,6 +94,19 @@ def poll_participants(
     polled_at = now()
     deadline = time.monotonic() + budget_seconds
     result = PollResult(polled_at=polled_at)
+
+    def fetch_stats(ispb: str) -> None:
+        """The Bridge's response counts; a failure here only makes the 404 share unknown."""
+        try:
+            stats = client.request_stats(ispb, stats_window)  # type: ignore[arg-type]
+        except BridgeError as error:
+            result.stats_unavailable[ispb] = error.error_class
+            log.warning("request stats unavailable: %s", error)
+            return
+        if stats is None:
+            result.stats_unavailable[ispb] = "unimplemented"
+        else:
+            result.request_stats[ispb] = stats
 
     def poll_one(ispb: str) -> None:
         attempt = 0
@@ -80,6 +122,8 @@ def poll_participants(
                     known_policies,
                     max_skew=max_skew,
                 )
+                if stats_window is not None:
+                    fetch_stats(ispb)
                 return
             except InvalidReading as error:
                 log.warning("rejected reading: %s", error)

@@ -1,10 +1,14 @@
 """``monitor_job`` and its schedule: one in-process run per tick, never two at once."""
 
+import datetime as dt
+
 import dagster as dg
 
+from dict_ratelimit.defs.metrics import INCREMENTAL, MODE_TAG, policy_metrics, threshold_evaluations
 from dict_ratelimit.defs.snapshots import policy_snapshots
 
 SERIAL_TAG = {"dict_ratelimit/serial": "monitor"}
+TICK_TAGS = {**SERIAL_TAG, MODE_TAG: INCREMENTAL}
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -14,10 +18,11 @@ ACTIVE_STATUSES = [
 
 monitor_job = dg.define_asset_job(
     "monitor_job",
-    selection=dg.AssetSelection.assets(policy_snapshots),
+    selection=dg.AssetSelection.assets(policy_snapshots, policy_metrics, threshold_evaluations),
     executor_def=dg.in_process_executor,
     tags=SERIAL_TAG,
-    description="One monitoring tick: read every participant's DICT buckets and store them.",
+    description="One monitoring tick: read every participant's DICT buckets, store them, and "
+    "compute the new snapshots' metrics and threshold evaluations (today's partition).",
 )
 
 
@@ -39,7 +44,11 @@ def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
         )
         if active:
             return dg.SkipReason(f"{active} monitor run(s) still queued or running")
-        scheduled = context.scheduled_execution_time
-        return dg.RunRequest(run_key=scheduled.isoformat() if scheduled else None, tags=SERIAL_TAG)
+        scheduled = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        return dg.RunRequest(
+            run_key=scheduled.isoformat(),
+            partition_key=scheduled.astimezone(dt.timezone.utc).strftime("%Y-%m-%d"),
+            tags=TICK_TAGS,
+        )
 
     return _schedule

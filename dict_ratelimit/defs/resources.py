@@ -1,6 +1,7 @@
 """Dagster resources: small ConfigurableResource classes fed by ``dg.EnvVar``."""
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -9,7 +10,9 @@ from sqlalchemy.engine import Engine
 from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
+from dict_ratelimit.domain.thresholds import ThresholdConfig, parse_threshold_config
 from dict_ratelimit.storage.database import create_db_engine, redact
+from dict_ratelimit.thresholds_file import load_threshold_file
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -66,6 +69,7 @@ class BridgeResource(dg.ConfigurableResource):
     max_concurrency: int = 16
     poll_jitter_seconds: float = 0.0
     retry_wait_seconds: float = 15.0
+    request_stats_window_seconds: int = 300  # 0: do not ask the Bridge for response counts
 
     def participant_list(self) -> list[str]:
         """Monitored ISPBs, in order, validated (8 digits each, no duplicates)."""
@@ -113,6 +117,7 @@ def bridge_resource_from_env() -> BridgeResource:
         "deadline_seconds": ("DICT_RATELIMIT_BRIDGE_DEADLINE_SECONDS", float),
         "max_clock_skew_seconds": ("DICT_RATELIMIT_MAX_CLOCK_SKEW_SECONDS", int),
         "max_concurrency": ("DICT_RATELIMIT_BRIDGE_MAX_CONCURRENCY", int),
+        "request_stats_window_seconds": ("DICT_RATELIMIT_REQUEST_STATS_WINDOW_SECONDS", int),
         "poll_jitter_seconds": ("DICT_RATELIMIT_POLL_JITTER_SECONDS", float),
     }
     values: dict[str, object] = {
@@ -132,9 +137,22 @@ def bridge_resource_from_env() -> BridgeResource:
     )
 
 
+class ThresholdsResource(dg.ConfigurableResource):
+    """Threshold configuration: defaults, overridden by the YAML file named in
+    ``DICT_RATELIMIT_THRESHOLDS_FILE`` (validated when a run starts, with clear errors)."""
+
+    path: str | None = None
+
+    def config(self) -> ThresholdConfig:
+        if not self.path:
+            return parse_threshold_config(None, KNOWN_POLICY_NAMES)
+        return load_threshold_file(Path(self.path))
+
+
 def default_resources() -> dict[str, object]:
     """Resources of the deployed code location, all read from the environment at run time."""
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
         "bridge": bridge_resource_from_env(),
+        "thresholds": ThresholdsResource(path=_optional_env("DICT_RATELIMIT_THRESHOLDS_FILE")),
     }

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from dict_ratelimit.bridge.poller import PollResult, poll_participants
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
 from dict_ratelimit.domain.readings import shape_changes, vanished_policies
+from dict_ratelimit.storage.metrics import store_request_stats
 from dict_ratelimit.storage.snapshots import previous_readings, store_readings
 
 DICT_BRIDGE = dg.AssetSpec(
@@ -86,6 +87,9 @@ def policy_snapshots(
             if bridge.max_clock_skew_seconds > 0
             else None,
             max_concurrency=bridge.max_concurrency,
+            stats_window=dt.timedelta(seconds=bridge.request_stats_window_seconds)
+            if bridge.request_stats_window_seconds > 0
+            else None,
         )
         bridge_seconds = time.perf_counter() - poll_started
     finally:
@@ -104,6 +108,7 @@ def policy_snapshots(
     try:
         with postgres.engine.begin() as connection:
             inserted = store_readings(connection, result.all_readings)
+            stats_rows = store_request_stats(connection, result.request_stats_rows())
     except sa.exc.OperationalError as error:  # Postgres restarting: the sweep is repeatable
         context.log.warning(f"database unavailable while storing readings: {error.orig}")
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=bridge.retry_wait_seconds) from error
@@ -124,6 +129,8 @@ def policy_snapshots(
         failures_by_class[failure.error_class] = failures_by_class.get(failure.error_class, 0) + 1
     metadata: dict[str, object] = {
         "rows_inserted": inserted,
+        "request_stats_rows": stats_rows,
+        "request_stats_unavailable": dg.MetadataValue.json(result.stats_unavailable),
         "readings": len(result.all_readings),
         "participants_monitored": len(ispbs),
         "participants_answered": len(answered),

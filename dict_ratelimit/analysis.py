@@ -1,0 +1,95 @@
+"""From stored rows to metric and evaluation rows: the glue between pandas frames and the
+pure domain (``domain.metrics_batch`` and ``domain.thresholds``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from dict_ratelimit.domain.catalog import POLICIES_BY_NAME
+from dict_ratelimit.domain.metrics_batch import SnapshotPairs, compute_metrics
+from dict_ratelimit.domain.thresholds import ThresholdConfig, evaluate
+
+
+def _max_overdraft(policies: pd.Series, a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
+    """How far one request can overdraw: its cost minus one (404 on anti-scan), or what the
+    readings themselves show."""
+    cost = policies.map(
+        lambda name: POLICIES_BY_NAME[name].not_found_cost if name in POLICIES_BY_NAME else 1
+    ).to_numpy(dtype=float)
+    seen = -np.fmin(np.fmin(a0, a1), 0.0)
+    return np.fmax(cost - 1, np.nan_to_num(seen))
+
+
+def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFrame:
+    """One metric row per snapshot of ``pairs`` (see ``storage.metrics.load_pairs``)."""
+    if pairs.empty:
+        return pd.DataFrame(columns=["ispb", "policy", "response_time"])
+    a1 = pairs["available_tokens"].to_numpy(dtype=float)
+    a0 = pairs["prev_available"].to_numpy(dtype=float)
+    elapsed = (pairs["response_time"] - pairs["prev_response_time"]).dt.total_seconds()
+    shape_changed = (
+        pairs["prev_capacity"].notna()
+        & (
+            (pairs["prev_capacity"] != pairs["capacity"])
+            | (pairs["prev_refill_tokens"] != pairs["refill_tokens"])
+            | (pairs["prev_refill_period_sec"] != pairs["refill_period_sec"])
+        )
+    ).to_numpy()
+    clear = pairs["policy"].map(lambda name: thresholds.for_policy(name).clear_ratio)
+    computed = compute_metrics(
+        SnapshotPairs(
+            available=a1,
+            capacity=pairs["capacity"].to_numpy(dtype=float),
+            refill_tokens=pairs["refill_tokens"].to_numpy(dtype=float),
+            refill_period=pairs["refill_period_sec"].to_numpy(dtype=float),
+            prev_available=a0,
+            elapsed=elapsed.to_numpy(dtype=float),
+            shape_changed=shape_changed,
+            max_overdraft=_max_overdraft(pairs["policy"], a0, a1),
+        ),
+        clear_ratio=clear.to_numpy(dtype=float),
+    )
+    frame = pairs[
+        ["ispb", "policy", "response_time", "prev_response_time", "available_tokens",
+         "capacity", "refill_tokens", "refill_period_sec"]
+    ].copy()  # fmt: skip
+    frame["elapsed_seconds"] = elapsed.to_numpy()
+    for name, values in computed.items():
+        frame[name] = values
+    total = pd.to_numeric(pairs["total"], errors="coerce")
+    not_found = pd.to_numeric(pairs["not_found"], errors="coerce")
+    # unknown (no stats, or no response in the window) stays NULL, never 0
+    frame["not_found_share"] = (not_found / total.where(total > 0)).to_numpy()
+    return frame
+
+
+def evaluations_frame(metrics: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFrame:
+    """One threshold evaluation per metric row: level, reasons, the thresholds used."""
+    rows = []
+    for row in metrics.itertuples(index=False):
+        used = thresholds.for_policy(row.policy)
+        horizon = None if pd.isna(row.time_to_429_s) else float(row.time_to_429_s)
+        level, reasons = evaluate(float(row.available_tokens), float(row.capacity), horizon, used)
+        rows.append(
+            (
+                row.ispb,
+                row.policy,
+                row.response_time,
+                level.name,
+                int(level),
+                float(row.remaining_ratio),
+                horizon,
+                json.dumps([reason.as_dict() for reason in reasons], ensure_ascii=False),
+                json.dumps(used.as_dict()),
+            )
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "ispb", "policy", "response_time", "level", "level_rank", "remaining_ratio",
+            "time_to_429_s", "reasons", "thresholds",
+        ],
+    )  # fmt: skip

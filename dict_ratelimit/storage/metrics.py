@@ -1,0 +1,205 @@
+"""Reading snapshot pairs and writing metrics and threshold evaluations.
+
+Two ways to pick the snapshots to compute:
+- ``incremental``: the snapshots of a window that have no metric row yet and are newer than
+  the newest metric of the window (cheap: only the new rows of a tick), each with its previous
+  snapshot found by an index probe;
+- ``window``: every snapshot of the window with ``LAG`` over the window plus the last snapshot
+  before it of every policy (a backfill: the first snapshot of a day uses the day before).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dict_ratelimit.storage.bulk import ensure_month_partitions, stage_rows
+
+PAIR_COLUMNS = (
+    "pairs.ispb, pairs.policy, pairs.response_time, pairs.available_tokens, pairs.capacity, "
+    "pairs.refill_tokens, pairs.refill_period_sec, pairs.prev_response_time, "
+    "pairs.prev_available, pairs.prev_capacity, pairs.prev_refill_tokens, "
+    "pairs.prev_refill_period_sec, rs.not_found, rs.total"
+)
+
+_INCREMENTAL = f"""
+WITH watermark AS (
+    SELECT coalesce(max(response_time), :start - interval '1 microsecond') AS after
+    FROM dict_ratelimit.policy_metric
+    WHERE response_time >= :start AND response_time < :end
+)
+SELECT {PAIR_COLUMNS}
+FROM (
+    SELECT s.*, prev.response_time AS prev_response_time, prev.available_tokens AS prev_available,
+           prev.capacity AS prev_capacity, prev.refill_tokens AS prev_refill_tokens,
+           prev.refill_period_sec AS prev_refill_period_sec
+    FROM dict_ratelimit.policy_snapshot AS s
+    CROSS JOIN watermark
+    LEFT JOIN LATERAL (
+        SELECT x.response_time, x.available_tokens, x.capacity, x.refill_tokens,
+               x.refill_period_sec
+        FROM dict_ratelimit.policy_snapshot AS x
+        WHERE x.ispb = s.ispb AND x.policy = s.policy AND x.response_time < s.response_time
+        ORDER BY x.response_time DESC LIMIT 1
+    ) AS prev ON true
+    WHERE s.response_time > watermark.after AND s.response_time < :end
+      AND NOT EXISTS (
+          SELECT 1 FROM dict_ratelimit.policy_metric AS m
+          WHERE m.ispb = s.ispb AND m.policy = s.policy AND m.response_time = s.response_time
+      )
+) AS pairs
+LEFT JOIN dict_ratelimit.policy_request_stats AS rs
+    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
+ORDER BY pairs.ispb, pairs.policy, pairs.response_time
+"""
+
+_WINDOW = f"""
+WITH base AS (
+    SELECT s.ispb, s.policy, s.response_time, s.available_tokens, s.capacity, s.refill_tokens,
+           s.refill_period_sec
+    FROM dict_ratelimit.policy_snapshot AS s
+    WHERE s.response_time >= :start AND s.response_time < :end
+    UNION ALL
+    SELECT before.*
+    FROM dict_ratelimit.policy AS p
+    CROSS JOIN LATERAL (
+        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
+               x.refill_tokens, x.refill_period_sec
+        FROM dict_ratelimit.policy_snapshot AS x
+        WHERE x.ispb = p.ispb AND x.policy = p.policy AND x.response_time < :start
+        ORDER BY x.response_time DESC LIMIT 1
+    ) AS before
+), pairs AS (
+    SELECT base.*,
+           lag(response_time) OVER w AS prev_response_time,
+           lag(available_tokens) OVER w AS prev_available,
+           lag(capacity) OVER w AS prev_capacity,
+           lag(refill_tokens) OVER w AS prev_refill_tokens,
+           lag(refill_period_sec) OVER w AS prev_refill_period_sec
+    FROM base
+    WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
+)
+SELECT {PAIR_COLUMNS}
+FROM pairs
+LEFT JOIN dict_ratelimit.policy_request_stats AS rs
+    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
+WHERE pairs.response_time >= :start
+ORDER BY pairs.ispb, pairs.policy, pairs.response_time
+"""
+
+
+def load_pairs(
+    connection: Connection, start: dt.datetime, end: dt.datetime, *, incremental: bool
+) -> pd.DataFrame:
+    """Snapshots of ``[start, end)`` with their previous snapshot (see the module doc)."""
+    query = _INCREMENTAL if incremental else _WINDOW
+    result = connection.execute(sa.text(query), {"start": start, "end": end})
+    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    for column in ("response_time", "prev_response_time"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+METRIC_COLUMNS = (
+    "ispb", "policy", "response_time", "prev_response_time", "elapsed_seconds",
+    "available_tokens", "capacity", "refill_tokens", "refill_period_sec", "remaining_ratio",
+    "utilization_ratio", "refill_per_min", "naive_drop_per_min", "consumed_lower_stepped",
+    "consumed_upper_stepped", "consumed_lower_continuous", "consumed_upper_continuous",
+    "drain_rate_lower_continuous_per_min", "demand_continuous_per_min",
+    "demand_stepped_min_per_min", "demand_stepped_max_per_min", "demand_lower_per_min",
+    "demand_upper_per_min", "demand_per_min", "censored", "estimate_note",
+    "forecast_demand_per_min", "exhaustion_state", "time_to_429_stepped_s",
+    "time_to_429_continuous_s", "time_to_429_s", "recovery_state", "recovery_to_clear_s",
+    "recovery_to_full_s", "headroom_per_min", "burst_absorbable_tokens", "demand_seconds_left",
+    "not_found_share",
+)  # fmt: skip
+
+EVALUATION_COLUMNS = (
+    "ispb", "policy", "response_time", "level", "level_rank", "remaining_ratio",
+    "time_to_429_s", "reasons", "thresholds",
+)  # fmt: skip
+
+_TARGETS = {"policy_metric": METRIC_COLUMNS, "threshold_evaluation": EVALUATION_COLUMNS}
+
+
+def write_rows(
+    connection: Connection,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    replace_window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> int:
+    """Write ``frame`` into ``policy_metric`` or ``threshold_evaluation``; returns rows written.
+
+    With ``replace_window`` every row of that window is deleted first (a backfill: same
+    snapshots, same rows). Without it, rows that already exist are left alone (a re-run of a
+    tick writes nothing twice).
+    """
+    columns = _TARGETS[table]
+    if replace_window is not None:
+        connection.execute(
+            sa.text(
+                f"DELETE FROM dict_ratelimit.{table} "
+                "WHERE response_time >= :start AND response_time < :end"
+            ),
+            {"start": replace_window[0], "end": replace_window[1]},
+        )
+    if frame.empty:
+        return 0
+    ensure_month_partitions(connection, table, frame["response_time"].dt.to_pydatetime())
+    rows = frame.loc[:, list(columns)].astype(object).where(frame.notna(), None)
+    staging = stage_rows(connection, table, columns, rows.itertuples(index=False, name=None))
+    names = ", ".join(columns)
+    inserted = connection.exec_driver_sql(
+        f"INSERT INTO dict_ratelimit.{table} ({names}) SELECT {names} FROM {staging} "
+        "ON CONFLICT (ispb, policy, response_time) DO NOTHING"
+    ).rowcount
+    return max(inserted, 0)
+
+
+def load_metrics_for_evaluation(
+    connection: Connection, start: dt.datetime, end: dt.datetime, *, incremental: bool
+) -> pd.DataFrame:
+    """Metric rows of the window to evaluate (incremental: those without an evaluation)."""
+    missing = (
+        "AND NOT EXISTS (SELECT 1 FROM dict_ratelimit.threshold_evaluation e "
+        "WHERE e.ispb = m.ispb AND e.policy = m.policy AND e.response_time = m.response_time)"
+        if incremental
+        else ""
+    )
+    result = connection.execute(
+        sa.text(
+            "SELECT m.ispb, m.policy, m.response_time, m.available_tokens, m.capacity, "
+            "m.remaining_ratio, m.time_to_429_s, m.exhaustion_state "
+            "FROM dict_ratelimit.policy_metric m "
+            f"WHERE m.response_time >= :start AND m.response_time < :end {missing} "
+            "ORDER BY m.ispb, m.policy, m.response_time"
+        ),
+        {"start": start, "end": end},
+    )
+    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    frame["response_time"] = pd.to_datetime(frame["response_time"], utc=True)
+    return frame
+
+
+def store_request_stats(
+    connection: Connection, rows: Sequence[tuple[str, str, dt.datetime, int, str, int, int]]
+) -> int:
+    """(ispb, policy, window_end, window_seconds, responses json, total, not_found) rows."""
+    if not rows:
+        return 0
+    ensure_month_partitions(connection, "policy_request_stats", (row[2] for row in rows))
+    columns = ("ispb", "policy", "window_end", "window_seconds", "responses", "total", "not_found")
+    staging = stage_rows(connection, "policy_request_stats", columns, rows)
+    names = ", ".join(columns)
+    return max(
+        connection.exec_driver_sql(
+            f"INSERT INTO dict_ratelimit.policy_request_stats ({names}) "
+            f"SELECT {names} FROM {staging} ON CONFLICT (ispb, policy, window_end) DO NOTHING"
+        ).rowcount,
+        0,
+    )
