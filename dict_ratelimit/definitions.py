@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dict_ratelimit.defs.metrics import policy_metrics, threshold_evaluations
-from dict_ratelimit.defs.monitor import monitor_job, monitor_schedule
+from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
 from dict_ratelimit.defs.resources import default_resources
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
@@ -20,7 +20,7 @@ def build_definitions(resources: dict[str, object] | None = None) -> dg.Definiti
     settings = get_settings()
     return dg.Definitions(
         assets=[DICT_BRIDGE, policy_snapshots, policy_metrics, threshold_evaluations],
-        jobs=[monitor_job, retention_job],
+        jobs=[monitor_job, metrics_job, retention_job],
         schedules=[
             monitor_schedule(settings.monitor_cron),
             retention_schedule(settings.retention_months, settings.months_ahead),

@@ -26,6 +26,15 @@ monitor_job = dg.define_asset_job(
 )
 
 
+metrics_job = dg.define_asset_job(
+    "metrics_job",
+    selection=dg.AssetSelection.assets(policy_metrics, threshold_evaluations),
+    executor_def=dg.in_process_executor,
+    description="Recompute metrics and evaluations of a day or a range of days from the stored "
+    "snapshots (launch a backfill from the UI, e.g. after a threshold or formula change).",
+)
+
+
 def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
     """Every tick requests one run keyed by its scheduled time (a retried tick never duplicates
     it), and skips while a monitor run is still queued or running."""

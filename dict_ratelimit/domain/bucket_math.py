@@ -204,10 +204,12 @@ def time_to_first_429_stepped(a: float, demand: float, bucket: Bucket, theta: fl
         return 0.0
     if c <= 0:
         return INFINITY
-    if a < c * theta:
+    # "<=": a balance that reaches exactly zero as the step arrives still answers a 429 to the
+    # request of that instant (DICT rejects at zero or below)
+    if a <= c * theta:
         return a / c
     level = min(capacity, a - c * theta + refill)  # right after the next step
-    if level < c * period:
+    if level <= c * period:
         return theta + level / c
     loss = c * period - refill  # net loss per period
     if loss <= 0:

@@ -21,7 +21,7 @@ import numpy as np
 STEPPED_PHASE_FRACTIONS = (0.125, 0.375, 0.625, 0.875)
 #: Windows longer than this (monitor down, gap in readings) get no demand estimate.
 MAX_ESTIMATE_WINDOW_SECONDS = 3600.0
-BISECTION_STEPS = 48
+BISECTION_STEPS = 60
 EPSILON = 1e-9
 
 
@@ -120,8 +120,8 @@ def time_to_first_429_stepped(a, demand, capacity, refill, period, theta):  # ty
         m = np.floor((level - c * period) / loss) + 1
         result = theta + m * period + (level - m * loss) / c
         result = np.where(loss <= 0, np.inf, result)
-        result = np.where(level < c * period, theta + level / c, result)
-        result = np.where(a < c * theta, a / c, result)
+        result = np.where(level <= c * period, theta + level / c, result)
+        result = np.where(a <= c * theta, a / c, result)
         result = np.where(c <= 0, np.inf, result)
         return np.where(a <= 0, 0.0, result)
 

@@ -100,10 +100,14 @@ class TokenBucket:
     def is_empty(self) -> bool:
         return self.level <= 0
 
+    def _step_index(self, time: float) -> int:
+        """Index of the last refill step at or before ``time`` (one rule for every caller, so
+        float drift can neither skip a step nor apply it twice)."""
+        return math.floor((time - self.phase) / self.refill_period + 1e-9)
+
     def next_refill_after(self, time: float) -> float:
         """Stepped mode: the first refill instant strictly after ``time``."""
-        k = math.floor((time - self.phase) / self.refill_period + 1e-9) + 1
-        return self.phase + k * self.refill_period
+        return self.phase + (self._step_index(time) + 1) * self.refill_period
 
     # -- evolution ------------------------------------------------------------------------
 
@@ -126,13 +130,13 @@ class TokenBucket:
             self._close_interval(self.time + (-before) / self.refill_per_second)
 
     def _advance_stepped(self, time: float) -> None:
-        tick = self.next_refill_after(self.time)
-        while tick <= time + 1e-9 and self.level < self.capacity:
+        index, last = self._step_index(self.time) + 1, self._step_index(time)
+        while index <= last and self.level < self.capacity:
             before = self.level
             self.level = min(float(self.capacity), before + self.refill_tokens)
             if before <= 0 < self.level:
-                self._close_interval(tick)
-            tick += self.refill_period
+                self._close_interval(self.phase + index * self.refill_period)
+            index += 1
 
     def set_shape(self, capacity: int, refill_tokens: int, refill_period: float) -> None:
         """Change capacity/refill (a category change); the balance is capped to the new size."""
