@@ -124,3 +124,48 @@ def test_threshold_files(tmp_path: Path) -> None:
         load_threshold_file(broken)
     with pytest.raises(ThresholdConfigError, match="thresholds file not found"):
         load_threshold_file(tmp_path / "missing.yaml")
+
+
+def test_the_batch_evaluation_equals_evaluating_every_row() -> None:
+    """evaluations_frame skips the per-row call for plainly OK rows: same answers."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from dict_ratelimit.analysis import evaluations_frame
+
+    rng = np.random.default_rng(7)
+    n = 2_000
+    capacity = rng.choice([70, 600, 36_000, 50_000], n).astype(float)
+    available = np.floor(capacity * rng.uniform(-0.05, 1.0, n))
+    ttl = np.where(rng.uniform(size=n) < 0.4, np.nan, rng.uniform(0, 2_000, n))
+    metrics = pd.DataFrame(
+        {
+            "ispb": "12345678",
+            "policy": rng.choice(
+                ["KEYS_CHECK", "ENTRIES_WRITE", "ENTRIES_READ_PARTICIPANT_ANTISCAN"], n
+            ),
+            "response_time": pd.Timestamp("2026-11-29", tz="UTC"),
+            "available_tokens": available,
+            "capacity": capacity,
+            "remaining_ratio": available / capacity,
+            "time_to_429_s": ttl,
+        }
+    )
+    config = parse_threshold_config(
+        {"policies": {"KEYS_CHECK": {"warning_ratio": 0.5, "clear_ratio": 0.6}}},
+        KNOWN_POLICY_NAMES,
+    )
+    frame = evaluations_frame(metrics, config)
+    for row, evaluated in zip(metrics.itertuples(), frame.itertuples(), strict=True):
+        level, reasons = evaluate(
+            row.available_tokens,
+            row.capacity,
+            None if np.isnan(row.time_to_429_s) else row.time_to_429_s,
+            config.for_policy(row.policy),
+        )
+        assert evaluated.level == level.name
+        assert json.loads(evaluated.reasons) == [r.as_dict() for r in reasons]
+        assert json.loads(evaluated.thresholds) == config.for_policy(row.policy).as_dict()
+    assert set(frame["level"]) == {"OK", "WARNING", "CRITICAL", "EXHAUSTED"}

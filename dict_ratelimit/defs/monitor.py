@@ -30,6 +30,7 @@ metrics_job = dg.define_asset_job(
     "metrics_job",
     selection=dg.AssetSelection.assets(policy_metrics, threshold_evaluations),
     executor_def=dg.in_process_executor,
+    tags=SERIAL_TAG,  # never at the same time as a monitor tick writing the same tables
     description="Recompute metrics and evaluations of a day or a range of days from the stored "
     "snapshots (launch a backfill from the UI, e.g. after a threshold or formula change).",
 )

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 INFINITY = math.inf
-BISECTION_STEPS = 60
+BISECTION_STEPS = 44
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 STEPPED_PHASE_FRACTIONS = (0.125, 0.375, 0.625, 0.875)
 #: Windows longer than this (monitor down, gap in readings) get no demand estimate.
 MAX_ESTIMATE_WINDOW_SECONDS = 3600.0
-BISECTION_STEPS = 60
+BISECTION_STEPS = 44
 EPSILON = 1e-9
 
 
@@ -107,6 +107,33 @@ def _invert(level_after, a0, a1, elapsed, capacity, rate):  # type: ignore[no-un
     estimate = np.where(~full & (at_zero <= target), 0.0, estimate)
     estimate = np.where(full & (at_zero < target), 0.0, estimate)
     estimate = np.where(~full & (at_high > target), np.nan, estimate)
+    censored = np.where(full, 2, np.where(empty, 1, 0))
+    return estimate, censored
+
+
+def estimate_continuous(a0, a1, elapsed, capacity, rate):  # type: ignore[no-untyped-def]
+    """Closed form of the continuous-model inversion (equal to bisecting
+    :func:`level_after_continuous`, which the tests check): after an overdraft has been
+    refilled, the balance moves at ``r - c`` between the floor and the cap."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rise = np.where(a0 < 0, -a0 / rate, 0.0)
+        still_negative = rise >= elapsed
+        start = np.maximum(a0, 0.0)
+        remaining = elapsed - rise
+        full = a1 >= capacity
+        empty = a1 <= 0
+        exact = rate + (start - a1) / remaining
+        estimate = np.where(
+            full,
+            np.maximum(0.0, rate - (capacity - start) / remaining),
+            np.where(empty, rate + start / remaining, np.maximum(0.0, exact)),
+        )
+        level_without_demand = a0 + rate * elapsed
+        estimate = np.where(
+            still_negative,
+            np.where(full | (level_without_demand <= np.where(empty, EPSILON, a1)), 0.0, np.nan),
+            estimate,
+        )
     censored = np.where(full, 2, np.where(empty, 1, 0))
     return estimate, censored
 
@@ -277,9 +304,13 @@ def compute_metrics(pairs: SnapshotPairs, clear_ratio: np.ndarray) -> dict[str, 
     out["time_to_429_s"] = _finite(np.where(known | (a1 <= 0), ttl, np.nan))
 
     target = clear_ratio * capacity
+    with np.errstate(divide="ignore", invalid="ignore"):
+        continuous_recovery = np.where(
+            a1 >= target, 0.0, np.where(d >= rate, np.inf, (target - a1) / (rate - d))
+        )
     recovery_clear = np.maximum(
         recovery_time_stepped(a1, d, target, refill, period, period),
-        np.where(a1 >= target, 0.0, np.where(d >= rate, np.inf, (target - a1) / (rate - d))),
+        continuous_recovery,
     )
     recovery_full = time_to_full_stepped(a1, d, capacity, refill, period, period)
     recovery_state = np.full(n, "unknown", dtype=object)

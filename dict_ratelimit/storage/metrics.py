@@ -1,8 +1,8 @@
 """Reading snapshot pairs and writing metrics and threshold evaluations.
 
 Two ways to pick the snapshots to compute:
-- ``incremental``: the snapshots of a window that have no metric row yet and are newer than
-  the newest metric of the window (cheap: only the new rows of a tick), each with its previous
+- ``incremental``: per policy, the snapshots of the window newer than its newest metric row
+  (cheap: an index probe per policy, then only the new rows of a tick), each with its previous
   snapshot found by an index probe;
 - ``window``: every snapshot of the window with ``LAG`` over the window plus the last snapshot
   before it of every policy (a backfill: the first snapshot of a day uses the day before).
@@ -17,7 +17,13 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dict_ratelimit.storage.bulk import ensure_month_partitions, stage_rows
+from dict_ratelimit.storage.bulk import (
+    copy_frame,
+    ensure_month_partitions,
+    read_frame,
+    stage_frame,
+    stage_rows,
+)
 
 PAIR_COLUMNS = (
     "pairs.ispb, pairs.policy, pairs.response_time, pairs.available_tokens, pairs.capacity, "
@@ -27,18 +33,22 @@ PAIR_COLUMNS = (
 )
 
 _INCREMENTAL = f"""
-WITH watermark AS (
-    SELECT coalesce(max(response_time), :start - interval '1 microsecond') AS after
-    FROM dict_ratelimit.policy_metric
-    WHERE response_time >= :start AND response_time < :end
-)
 SELECT {PAIR_COLUMNS}
 FROM (
     SELECT s.*, prev.response_time AS prev_response_time, prev.available_tokens AS prev_available,
            prev.capacity AS prev_capacity, prev.refill_tokens AS prev_refill_tokens,
            prev.refill_period_sec AS prev_refill_period_sec
-    FROM dict_ratelimit.policy_snapshot AS s
-    CROSS JOIN watermark
+    FROM dict_ratelimit.policy AS p
+    -- per policy, the newest metric of the window: everything after it is new
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(m.response_time), %(start)s - interval '1 microsecond') AS after
+        FROM dict_ratelimit.policy_metric AS m
+        WHERE m.ispb = p.ispb AND m.policy = p.policy
+          AND m.response_time >= %(start)s AND m.response_time < %(end)s
+    ) AS watermark
+    JOIN dict_ratelimit.policy_snapshot AS s
+      ON s.ispb = p.ispb AND s.policy = p.policy
+     AND s.response_time > watermark.after AND s.response_time < %(end)s
     LEFT JOIN LATERAL (
         SELECT x.response_time, x.available_tokens, x.capacity, x.refill_tokens,
                x.refill_period_sec
@@ -46,11 +56,6 @@ FROM (
         WHERE x.ispb = s.ispb AND x.policy = s.policy AND x.response_time < s.response_time
         ORDER BY x.response_time DESC LIMIT 1
     ) AS prev ON true
-    WHERE s.response_time > watermark.after AND s.response_time < :end
-      AND NOT EXISTS (
-          SELECT 1 FROM dict_ratelimit.policy_metric AS m
-          WHERE m.ispb = s.ispb AND m.policy = s.policy AND m.response_time = s.response_time
-      )
 ) AS pairs
 LEFT JOIN dict_ratelimit.policy_request_stats AS rs
     ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
@@ -62,7 +67,7 @@ WITH base AS (
     SELECT s.ispb, s.policy, s.response_time, s.available_tokens, s.capacity, s.refill_tokens,
            s.refill_period_sec
     FROM dict_ratelimit.policy_snapshot AS s
-    WHERE s.response_time >= :start AND s.response_time < :end
+    WHERE s.response_time >= %(start)s AND s.response_time < %(end)s
     UNION ALL
     SELECT before.*
     FROM dict_ratelimit.policy AS p
@@ -70,7 +75,7 @@ WITH base AS (
         SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
                x.refill_tokens, x.refill_period_sec
         FROM dict_ratelimit.policy_snapshot AS x
-        WHERE x.ispb = p.ispb AND x.policy = p.policy AND x.response_time < :start
+        WHERE x.ispb = p.ispb AND x.policy = p.policy AND x.response_time < %(start)s
         ORDER BY x.response_time DESC LIMIT 1
     ) AS before
 ), pairs AS (
@@ -87,7 +92,7 @@ SELECT {PAIR_COLUMNS}
 FROM pairs
 LEFT JOIN dict_ratelimit.policy_request_stats AS rs
     ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
-WHERE pairs.response_time >= :start
+WHERE pairs.response_time >= %(start)s
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
 
@@ -96,12 +101,12 @@ def load_pairs(
     connection: Connection, start: dt.datetime, end: dt.datetime, *, incremental: bool
 ) -> pd.DataFrame:
     """Snapshots of ``[start, end)`` with their previous snapshot (see the module doc)."""
-    query = _INCREMENTAL if incremental else _WINDOW
-    result = connection.execute(sa.text(query), {"start": start, "end": end})
-    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column in ("response_time", "prev_response_time"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
+    return read_frame(
+        connection,
+        _INCREMENTAL if incremental else _WINDOW,
+        {"start": start, "end": end},
+        parse_dates=("response_time", "prev_response_time"),
+    )
 
 
 METRIC_COLUMNS = (
@@ -124,6 +129,13 @@ EVALUATION_COLUMNS = (
 )  # fmt: skip
 
 _TARGETS = {"policy_metric": METRIC_COLUMNS, "threshold_evaluation": EVALUATION_COLUMNS}
+
+
+def _months(times: pd.Series) -> list[dt.datetime]:
+    """One datetime per distinct UTC month of ``times`` (cheap for 260k rows)."""
+    utc = times.dt.tz_convert("UTC")
+    keys = pd.unique(utc.dt.year * 12 + (utc.dt.month - 1))
+    return [dt.datetime(int(k) // 12, int(k) % 12 + 1, 1, tzinfo=dt.timezone.utc) for k in keys]
 
 
 def write_rows(
@@ -150,9 +162,13 @@ def write_rows(
         )
     if frame.empty:
         return 0
-    ensure_month_partitions(connection, table, frame["response_time"].dt.to_pydatetime())
-    rows = frame.loc[:, list(columns)].astype(object).where(frame.notna(), None)
-    staging = stage_rows(connection, table, columns, rows.itertuples(index=False, name=None))
+    ensure_month_partitions(connection, table, _months(frame["response_time"]))
+    if replace_window is not None:
+        # the window is empty now: straight into the table (the serial tag keeps monitor runs
+        # from writing at the same time)
+        copy_frame(connection, f"dict_ratelimit.{table}", frame.loc[:, list(columns)])
+        return len(frame)
+    staging = stage_frame(connection, table, frame.loc[:, list(columns)])
     names = ", ".join(columns)
     inserted = connection.exec_driver_sql(
         f"INSERT INTO dict_ratelimit.{table} ({names}) SELECT {names} FROM {staging} "
@@ -171,19 +187,16 @@ def load_metrics_for_evaluation(
         if incremental
         else ""
     )
-    result = connection.execute(
-        sa.text(
-            "SELECT m.ispb, m.policy, m.response_time, m.available_tokens, m.capacity, "
-            "m.remaining_ratio, m.time_to_429_s, m.exhaustion_state "
-            "FROM dict_ratelimit.policy_metric m "
-            f"WHERE m.response_time >= :start AND m.response_time < :end {missing} "
-            "ORDER BY m.ispb, m.policy, m.response_time"
-        ),
+    return read_frame(
+        connection,
+        "SELECT m.ispb, m.policy, m.response_time, m.available_tokens, m.capacity, "
+        "m.remaining_ratio, m.time_to_429_s, m.exhaustion_state "
+        "FROM dict_ratelimit.policy_metric m "
+        f"WHERE m.response_time >= %(start)s AND m.response_time < %(end)s {missing} "
+        "ORDER BY m.ispb, m.policy, m.response_time",
         {"start": start, "end": end},
+        parse_dates=("response_time",),
     )
-    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    frame["response_time"] = pd.to_datetime(frame["response_time"], utc=True)
-    return frame
 
 
 def store_request_stats(
