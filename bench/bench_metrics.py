@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import tempfile
 import time
-from pathlib import Path
 
 import sqlalchemy as sa
+from _database import bench_database  # bench/ is on sys.path when run as a script
 
 from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit.defs.metrics import INCREMENTAL, MODE_TAG
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.domain.retention import RetentionPolicy
-from dict_ratelimit.settings import project_root
-from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
-from dict_ratelimit.storage.embedded import EmbeddedPostgres
-from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit.storage.partitions import ensure_partitions
 
 FILL = """
@@ -66,83 +61,74 @@ def main() -> None:
     args = parser.parse_args()
     end = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
     start = end - dt.timedelta(days=args.days)
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
-        server = EmbeddedPostgres(Path(folder))
-        info = server.ensure_running()
-        try:
-            url = with_database(info.url(), "bench")
-            ensure_database(url)
-            engine = create_db_engine(url)
-            migrate(url, project_root() / "sql", engine)
-            for month in (start.date(), end.date()):
-                ensure_partitions(engine, RetentionPolicy(months_ahead=1), month)
-            params = {
-                "start": start,
-                "end": end,
-                "policies": args.policies,
-                "participants": args.participants,
+    with bench_database() as (url, engine):
+        for month in (start.date(), end.date()):
+            ensure_partitions(engine, RetentionPolicy(months_ahead=1), month)
+        params = {
+            "start": start,
+            "end": end,
+            "policies": args.policies,
+            "participants": args.participants,
+        }
+        with engine.begin() as connection:
+            for statement in FILL.split(";"):
+                if statement.strip():
+                    connection.execute(sa.text(statement), params)
+            count = connection.execute(
+                sa.text("SELECT count(*) FROM dict_ratelimit.policy_snapshot")
+            ).scalar()
+        print(f"{count:,} snapshots over {args.days} days x {args.policies} policies")
+        resources = {
+            "postgres": PostgresResource(database_url=url.render_as_string(False)),
+            "bridge": BridgeResource(target="unused:1", participants="10000000"),
+            "thresholds": ThresholdsResource(),
+        }
+        job = build_definitions(resources).resolve_job_def("metrics_job")
+        last_day = (end - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            tags={
+                "dagster/asset_partition_range_start": start.strftime("%Y-%m-%d"),
+                "dagster/asset_partition_range_end": last_day,
             }
-            with engine.begin() as connection:
-                for statement in FILL.split(";"):
-                    if statement.strip():
-                        connection.execute(sa.text(statement), params)
-                count = connection.execute(
-                    sa.text("SELECT count(*) FROM dict_ratelimit.policy_snapshot")
-                ).scalar()
-            print(f"{count:,} snapshots over {args.days} days x {args.policies} policies")
-            resources = {
-                "postgres": PostgresResource(database_url=url.render_as_string(False)),
-                "bridge": BridgeResource(target="unused:1", participants="10000000"),
-                "thresholds": ThresholdsResource(),
-            }
-            job = build_definitions(resources).resolve_job_def("metrics_job")
-            last_day = (end - dt.timedelta(days=1)).strftime("%Y-%m-%d")
-            started = time.perf_counter()
-            result = job.execute_in_process(
-                tags={
-                    "dagster/asset_partition_range_start": start.strftime("%Y-%m-%d"),
-                    "dagster/asset_partition_range_end": last_day,
-                }
-            )
-            wall = time.perf_counter() - started
-            [metrics, *_] = result.asset_materializations_for_node("policy_metrics")
-            [levels, *_] = result.asset_materializations_for_node("threshold_evaluations")
-            m = {k: v.value for k, v in metrics.metadata.items()}
-            print(
-                f"backfill: run wall {wall:.1f}s; policy_metrics load {m['load_seconds']}s, "
-                f"compute {m['compute_seconds']}s, write {m['write_seconds']}s "
-                f"({m['rows_written']:,} rows); threshold_evaluations "
-                f"{levels.metadata['seconds'].value}s"
-            )
+        )
+        wall = time.perf_counter() - started
+        [metrics, *_] = result.asset_materializations_for_node("policy_metrics")
+        [levels, *_] = result.asset_materializations_for_node("threshold_evaluations")
+        m = {k: v.value for k, v in metrics.metadata.items()}
+        print(
+            f"backfill: run wall {wall:.1f}s; policy_metrics load {m['load_seconds']}s, "
+            f"compute {m['compute_seconds']}s, write {m['write_seconds']}s "
+            f"({m['rows_written']:,} rows); threshold_evaluations "
+            f"{levels.metadata['seconds'].value}s"
+        )
 
-            # one tick of `participants` x 28 new readings, processed incrementally
+        # one tick of `participants` x 28 new readings, processed incrementally
+        with engine.begin() as connection:
+            connection.execute(sa.text(NEW_POLICIES))
+        incremental = build_definitions(resources).resolve_job_def("metrics_job")
+        timings = []
+        for minutes_before_end in (6, 1):  # catch up a previous reading, then time a tick
             with engine.begin() as connection:
-                connection.execute(sa.text(NEW_POLICIES))
-            incremental = build_definitions(resources).resolve_job_def("metrics_job")
-            timings = []
-            for minutes_before_end in (6, 1):  # catch up a previous reading, then time a tick
-                with engine.begin() as connection:
-                    connection.execute(
-                        sa.text(TICK), {"t": end - dt.timedelta(minutes=minutes_before_end)}
-                    )
-                started = time.perf_counter()
-                run = incremental.execute_in_process(
-                    partition_key=last_day, tags={MODE_TAG: INCREMENTAL}
+                connection.execute(
+                    sa.text(TICK), {"t": end - dt.timedelta(minutes=minutes_before_end)}
                 )
-                timings.append(time.perf_counter() - started)
-            rows = run.asset_materializations_for_node("policy_metrics")[0].metadata
-            tick_levels = run.asset_materializations_for_node("threshold_evaluations")[0].metadata
-            body = sum(rows[k].value for k in ("load_seconds", "compute_seconds", "write_seconds"))
-            print(
-                f"incremental asset bodies: policy_metrics {body:.3f}s, threshold_evaluations "
-                f"{tick_levels['seconds'].value:.3f}s"
+            started = time.perf_counter()
+            run = incremental.execute_in_process(
+                partition_key=last_day, tags={MODE_TAG: INCREMENTAL}
             )
-            print(
-                f"incremental tick ({args.participants} participants x 28 policies): run wall "
-                f"{timings[-1]:.2f}s, metrics {rows['rows_written'].value} rows"
-            )
-        finally:
-            server.stop()
+            timings.append(time.perf_counter() - started)
+        rows = run.asset_materializations_for_node("policy_metrics")[0].metadata
+        tick_levels = run.asset_materializations_for_node("threshold_evaluations")[0].metadata
+        body = sum(rows[k].value for k in ("load_seconds", "compute_seconds", "write_seconds"))
+        print(
+            f"incremental asset bodies: policy_metrics {body:.3f}s, threshold_evaluations "
+            f"{tick_levels['seconds'].value:.3f}s"
+        )
+        print(
+            f"incremental tick ({args.participants} participants x 28 policies): run wall "
+            f"{timings[-1]:.2f}s, metrics {rows['rows_written'].value} rows"
+        )
 
 
 if __name__ == "__main__":

@@ -15,23 +15,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
-import tempfile
 import time
-from pathlib import Path
+
+from _database import bench_database  # bench/ is on sys.path when run as a script
 
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.bridge.poller import poll_participants
 from dict_ratelimit.definitions import build_definitions
-from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
+from dict_ratelimit.defs.monitor import TICK_TAGS
+from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
-from dict_ratelimit.settings import project_root
 from dict_ratelimit.simulator.clock import ManualClock
 from dict_ratelimit.simulator.engine import Simulator
 from dict_ratelimit.simulator.scenarios import load_scenario
 from dict_ratelimit.simulator.server import start_server
-from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
-from dict_ratelimit.storage.embedded import EmbeddedPostgres
-from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.snapshots import store_readings
 
 
@@ -64,12 +62,17 @@ def bench_size(url: str, participants: int, repeat: int) -> dict[str, float]:
                     participants=",".join(ispbs),
                     max_clock_skew_seconds=0,
                 ),
+                "thresholds": ThresholdsResource(),
             }
         ).resolve_job_def("monitor_job")
         for _ in range(repeat):
             clock.advance(300)
             simulator.now()
-            run = job.execute_in_process(raise_on_error=False)
+            run = job.execute_in_process(
+                raise_on_error=False,
+                partition_key=clock.now().strftime("%Y-%m-%d"),
+                tags=TICK_TAGS,
+            )
             [materialization] = run.asset_materializations_for_node("policy_snapshots")
             bodies.append(materialization.metadata["total_seconds"].value)
     finally:
@@ -89,29 +92,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--participants", default="1,10,100")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
-        server = EmbeddedPostgres(Path(folder))
-        info = server.ensure_running()
-        try:
-            url = with_database(info.url(), "bench")
-            ensure_database(url)
-            engine = create_db_engine(url)
-            migrate(url, project_root() / "sql", engine)
-            engine.dispose()
+    with bench_database() as (url, _engine):
+        print(
+            f"{'participants':>12} {'rows':>6} {'sweep p50':>10} {'sweep max':>10} "
+            f"{'insert p50':>10} {'insert max':>10} {'asset body p50':>15}"
+        )
+        for size in (int(n) for n in args.participants.split(",")):
+            r = bench_size(url.render_as_string(hide_password=False), size, args.repeat)
             print(
-                f"{'participants':>12} {'rows':>6} {'sweep p50':>10} {'sweep max':>10} "
-                f"{'insert p50':>10} {'insert max':>10} {'asset body p50':>15}"
+                f"{size:>12} {size * 28:>6} {r['sweep_median']:>9.3f}s "
+                f"{r['sweep_max']:>9.3f}s {r['insert_median']:>9.3f}s "
+                f"{r['insert_max']:>9.3f}s {r['asset_body_median']:>14.3f}s",
+                flush=True,
             )
-            for size in (int(n) for n in args.participants.split(",")):
-                r = bench_size(url.render_as_string(hide_password=False), size, args.repeat)
-                print(
-                    f"{size:>12} {size * 28:>6} {r['sweep_median']:>9.3f}s "
-                    f"{r['sweep_max']:>9.3f}s {r['insert_median']:>9.3f}s "
-                    f"{r['insert_max']:>9.3f}s {r['asset_body_median']:>14.3f}s",
-                    flush=True,
-                )
-        finally:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dict_ratelimit.domain.catalog import (
     POLICIES_BY_NAME,
     bucket_for,
 )
+from dict_ratelimit.domain.readings import RawPolicy
 from dict_ratelimit.simulator.bucket import RefillMode, TokenBucket
 from dict_ratelimit.simulator.clock import Clock
 from dict_ratelimit.simulator.scenarios import Scenario, Traffic
@@ -46,24 +47,13 @@ class MonitorBudgetExhausted(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PolicyState:
-    """One bucket as DICT reports it."""
-
-    name: str
-    available_tokens: int
-    capacity: int
-    refill_tokens: int
-    refill_period_sec: int
-
-
-@dataclass(frozen=True)
 class Listing:
     """A ListPolicies/GetPolicy answer."""
 
     response_time: dt.datetime
     correlation_id: str
     category: str
-    policies: tuple[PolicyState, ...]
+    policies: tuple[RawPolicy, ...]
 
 
 @dataclass
@@ -257,13 +247,13 @@ class Simulator:
                 wait = (1 - bucket.level) / bucket.refill_per_second
             raise MonitorBudgetExhausted(policy, max(1, math.ceil(wait)))
 
-    def _state(self, participant: _Participant, names: Iterable[str]) -> tuple[PolicyState, ...]:
+    def _state(self, participant: _Participant, names: Iterable[str]) -> tuple[RawPolicy, ...]:
         states = []
         for name in names:
             bucket = participant.buckets[name]
             bucket.advance(self._t)
             states.append(
-                PolicyState(
+                RawPolicy(
                     name,
                     bucket.available,
                     bucket.capacity,

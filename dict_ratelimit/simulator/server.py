@@ -14,12 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dict_ratelimit.bridge.v1 import rate_limit_pb2 as pb
 from dict_ratelimit.bridge.v1 import rate_limit_pb2_grpc as pb_grpc
-from dict_ratelimit.domain.readings import ISPB_PATTERN
+from dict_ratelimit.domain.readings import ISPB_PATTERN, RawPolicy
 from dict_ratelimit.simulator.clock import ManualClock
 from dict_ratelimit.simulator.engine import (
     Listing,
     MonitorBudgetExhausted,
-    PolicyState,
     Simulator,
     UnknownParticipant,
     UnknownPolicy,
@@ -45,7 +44,7 @@ def _timestamp(value: dt.datetime) -> Timestamp:
     return stamp
 
 
-def _policy_message(state: PolicyState) -> pb.Policy:
+def _policy_message(state: RawPolicy) -> pb.Policy:
     return pb.Policy(
         name=state.name,
         available_tokens=state.available_tokens,

@@ -35,6 +35,17 @@ def _cell(value: object) -> object:
     return value
 
 
+def _empty_staging_table(connection: Connection, table: str) -> str:
+    """``<table>_staging``: session-local, shaped like the target, empty, emptied at commit."""
+    staging = f"{table}_staging"
+    connection.exec_driver_sql(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+        f"(LIKE {SCHEMA}.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    connection.exec_driver_sql(f"TRUNCATE {staging}")  # a caller may reuse the transaction
+    return staging
+
+
 def stage_rows(
     connection: Connection,
     table: str,
@@ -45,12 +56,7 @@ def stage_rows(
 
     Returns the staging table's name. Runs in the caller's transaction.
     """
-    staging = f"{table}_staging"
-    connection.exec_driver_sql(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-        f"(LIKE {SCHEMA}.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    connection.exec_driver_sql(f"TRUNCATE {staging}")
+    staging = _empty_staging_table(connection, table)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for row in rows:
@@ -94,12 +100,7 @@ def copy_frame(connection: Connection, target: str, frame: pd.DataFrame) -> None
 
 def stage_frame(connection: Connection, table: str, frame: pd.DataFrame) -> str:
     """Like :func:`stage_rows` for a DataFrame; returns the staging table's name."""
-    staging = f"{table}_staging"
-    connection.exec_driver_sql(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-        f"(LIKE {SCHEMA}.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    connection.exec_driver_sql(f"TRUNCATE {staging}")
+    staging = _empty_staging_table(connection, table)
     copy_frame(connection, staging, frame)
     return staging
 
