@@ -105,3 +105,33 @@ def test_recovery_and_time_to_full() -> None:
     assert bm.recovery_time_stepped(5_000, 25.0, 10_800, WRITE, theta=60) == math.inf
     assert bm.recovery_time_continuous(5_000, 10.0, 10_800, WRITE) == pytest.approx(580)
     assert bm.recovery_time_continuous(5_000, 20.0, 10_800, WRITE) == math.inf
+
+
+def test_a_fast_bucket_read_at_the_same_refill_phase_is_not_an_alarm() -> None:
+    """ENTRIES_UPDATE (600, refilled each minute) read at 543 twice: the continuous model
+    alone says demand = refill (first 429 in 54 s, CRITICAL); a stepped refill explains it
+    with 57 tokens drained since the last step. The headline is the median over models and
+    phases, so the forecast is "never" and the level stays OK."""
+    import numpy as np
+
+    from dict_ratelimit.domain.metrics_batch import SnapshotPairs, compute_metrics
+    from dict_ratelimit.domain.thresholds import Level, Thresholds, evaluate
+
+    out = compute_metrics(
+        SnapshotPairs(
+            available=np.array([543.0]),
+            capacity=np.array([600.0]),
+            refill_tokens=np.array([600.0]),
+            refill_period=np.array([60.0]),
+            prev_available=np.array([543.0]),
+            elapsed=np.array([300.0]),
+            shape_changed=np.array([False]),
+            max_overdraft=np.array([0.0]),
+        ),
+        clear_ratio=np.array([0.3]),
+    )
+    assert out["demand_continuous_per_min"][0] == pytest.approx(600)
+    assert out["demand_stepped_min_per_min"][0] < 100
+    assert out["demand_per_min"][0] < 600
+    assert out["exhaustion_state"][0] == "never" and np.isnan(out["time_to_429_s"][0])
+    assert evaluate(543, 600, None, Thresholds())[0] is Level.OK

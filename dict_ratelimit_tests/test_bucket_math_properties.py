@@ -90,7 +90,9 @@ def _simulate_constant(bucket: TokenBucket, demand: float, seconds: float, dt: f
     refill_share=st.floats(min_value=0.05, max_value=0.6),
     demand_share=st.floats(min_value=0.2, max_value=3.0),
     start_share=st.floats(min_value=0.3, max_value=1.0),
-    phase=st.floats(min_value=0.0, max_value=59.0),
+    # whole milliseconds: a phase within float noise (~1e-7 s) of a reading makes the engine
+    # and the model disagree about whether that step already happened
+    phase=st.integers(min_value=1, max_value=59_000).map(lambda ms: ms / 1000),
 )
 def test_inversion_with_the_known_phase_recovers_a_constant_demand(
     capacity: int, refill_share: float, demand_share: float, start_share: float, phase: float
@@ -208,7 +210,7 @@ def test_array_metrics_equal_the_scalar_reference(rows) -> None:  # type: ignore
         lower, upper = bm.consumed_bounds_stepped(a0, a1, elapsed, spec)
         _close(out["consumed_lower_stepped"][i], lower)
         _close(out["consumed_upper_stepped"][i], upper)
-        c = out["demand_continuous_per_min"][i] / 60  # the same demand for both forecasts
+        c = out["forecast_demand_per_min"][i] / 60  # the same demand for both forecasts
         if not math.isnan(c):
             expected = min(
                 bm.time_to_first_429_stepped(a1, c, spec, period),

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 INFINITY = math.inf
 BISECTION_STEPS = 44
+#: Demand within this relative distance of the refill rate "keeps up": no float artefacts such
+#: as a first 429 in 10^13 seconds when two readings agree.
+KEEPS_UP = 1e-9
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ def time_to_first_429_stepped(a: float, demand: float, bucket: Bucket, theta: fl
     if level <= c * period:
         return theta + level / c
     loss = c * period - refill  # net loss per period
-    if loss <= 0:
+    if loss <= KEEPS_UP * refill:  # keeps up (a relative tolerance absorbs float noise)
         return INFINITY
     m = math.floor((level - c * period) / loss) + 1
     return theta + m * period + (level - m * loss) / c
@@ -222,7 +225,7 @@ def time_to_first_429_continuous(a: float, demand: float, bucket: Bucket) -> flo
     """Seconds until the balance reaches zero under constant ``demand``; ``inf`` = never."""
     if a <= 0:
         return 0.0
-    if demand <= bucket.rate:
+    if demand <= bucket.rate * (1 + KEEPS_UP):
         return INFINITY
     return a / (demand - bucket.rate)
 

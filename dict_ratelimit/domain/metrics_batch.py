@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dict_ratelimit.domain.bucket_math import KEEPS_UP
+
 #: Phases tried for the stepped model: the first refill step falls θ = f·P after a reading.
 STEPPED_PHASE_FRACTIONS = (0.125, 0.375, 0.625, 0.875)
 #: Windows longer than this (monitor down, gap in readings) get no demand estimate.
@@ -146,7 +148,7 @@ def time_to_first_429_stepped(a, demand, capacity, refill, period, theta):  # ty
         loss = c * period - refill
         m = np.floor((level - c * period) / loss) + 1
         result = theta + m * period + (level - m * loss) / c
-        result = np.where(loss <= 0, np.inf, result)
+        result = np.where(loss <= KEEPS_UP * refill, np.inf, result)
         result = np.where(level <= c * period, theta + level / c, result)
         result = np.where(a <= c * theta, a / c, result)
         result = np.where(c <= 0, np.inf, result)
@@ -155,7 +157,7 @@ def time_to_first_429_stepped(a, demand, capacity, refill, period, theta):  # ty
 
 def time_to_first_429_continuous(a, demand, rate):  # type: ignore[no-untyped-def]
     with np.errstate(divide="ignore", invalid="ignore"):
-        result = np.where(demand > rate, a / (demand - rate), np.inf)
+        result = np.where(demand > rate * (1 + KEEPS_UP), a / (demand - rate), np.inf)
     return np.where(a <= 0, 0.0, result)
 
 
@@ -263,6 +265,7 @@ def compute_metrics(pairs: SnapshotPairs, clear_ratio: np.ndarray) -> dict[str, 
     with _quiet_nanwarnings():
         lowest = np.nanmin(every, axis=0) if len(idx) else np.empty(0)
         highest = np.nanmax(every, axis=0) if len(idx) else np.empty(0)
+        middle = np.nanmedian(every, axis=0) if len(idx) else np.empty(0)
 
     def scatter(values: np.ndarray) -> np.ndarray:
         column = np.full(n, np.nan)
@@ -276,18 +279,20 @@ def compute_metrics(pairs: SnapshotPairs, clear_ratio: np.ndarray) -> dict[str, 
     out["demand_stepped_max_per_min"] = scatter(stepped_max * 60)
     out["demand_lower_per_min"] = np.where(censored_full, 0.0, scatter(lowest * 60))
     out["demand_upper_per_min"] = np.where(censored_empty, np.nan, scatter(highest * 60))
-    # headline: the continuous-model estimate (between the stepped phases' extremes); a full
-    # bucket only bounds demand from above, so it has no point estimate
-    out["demand_per_min"] = np.where(censored_full, np.nan, out["demand_continuous_per_min"])
+    # headline: the median over both models and the four phases. The continuous model alone
+    # is pinned to the refill rate whenever two readings of a bucket that refills faster than
+    # the polling interval agree (A0 = A1 < C means c = r there), which a stepped refill
+    # explains with far less demand. A full bucket only bounds demand from above: no point.
+    out["demand_per_min"] = np.where(censored_full, np.nan, scatter(middle * 60))
     censored_text = np.full(n, None, dtype=object)
     censored_text[censored_empty] = "empty"
     censored_text[censored_full] = "full"
     out["censored"] = censored_text
     out["estimate_note"] = note
 
-    # forecasts with the continuous estimate (for a full bucket: its upper bound, the prudent
-    # side); stepped forecasts at the worst phase (next step a whole period away)
-    demand = out["demand_continuous_per_min"] / 60
+    # forecasts with the headline estimate (for a full bucket: the median of the upper bounds,
+    # the prudent side); stepped forecasts at the worst phase (next step a period away)
+    demand = scatter(middle)
     known = ~np.isnan(demand)
     d = np.where(known, demand, 0.0)
     ttl_stepped = time_to_first_429_stepped(a1, d, capacity, refill, period, period)
