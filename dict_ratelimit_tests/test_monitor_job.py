@@ -221,3 +221,39 @@ def test_monitor_schedule_skips_while_a_monitor_run_is_active() -> None:
         )
         skipped = schedule.evaluate_tick(context)
         assert skipped.run_requests == [] and "still queued or running" in skipped.skip_message
+
+
+def test_postgres_down_fails_the_tick_cleanly_and_the_next_one_stores(
+    sim: RunningSimulator, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Its own server, stopped during the tick: the step retries, then fails naming the
+    database; nothing half-stored; after the restart the next tick stores everything."""
+    from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+    from dict_ratelimit.storage.embedded import EmbeddedPostgres
+    from dict_ratelimit.storage.migrations import migrate
+    from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
+
+    server = EmbeddedPostgres(tmp_path / "pg", fast_unsafe=True)
+    url = with_database(server.ensure_running().url(), "dict")
+    ensure_database(url)
+    engine = create_db_engine(url)
+    migrate(url, MIGRATIONS_DIR, engine)
+    engine.dispose()
+    try:
+        server.stop_server()
+        down = _tick(sim, url)
+        assert not down.success
+        retries = [e for e in down.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert len(retries) == 3
+        failure = down.get_step_failure_events()[0].step_failure_data.error
+        assert "127.0.0.1" in (failure.cause.message if failure.cause else failure.message)
+
+        url = with_database(server.ensure_running().url(), "dict")  # a new port after restart
+        sim.advance(300)
+        up = _tick(sim, url)
+        assert up.success
+        engine = create_db_engine(url)
+        assert len(_rows(engine)) == 56
+        engine.dispose()
+    finally:
+        server.stop_server()

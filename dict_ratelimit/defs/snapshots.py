@@ -5,10 +5,12 @@ Thin by design: poll (bridge.poller), compare with the previous readings (domain
 ``complete_reading`` while the others are stored; nothing partial is stored for it.
 """
 
+import contextlib
 import datetime as dt
 import random
 import statistics
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import sqlalchemy as sa
@@ -74,8 +76,9 @@ def policy_snapshots(
         time.sleep(random.uniform(0, bridge.poll_jitter_seconds))
 
     started = time.perf_counter()
-    with postgres.engine.connect() as connection:
-        previous = previous_readings(connection, ispbs)
+    with _retry_if_database_down(context, bridge):
+        with postgres.engine.connect() as connection:
+            previous = previous_readings(connection, ispbs)
     client = bridge.client()
     try:
         poll_started = time.perf_counter()
@@ -105,13 +108,10 @@ def policy_snapshots(
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=bridge.retry_wait_seconds)
 
     insert_started = time.perf_counter()
-    try:
+    with _retry_if_database_down(context, bridge):
         with postgres.engine.begin() as connection:
             inserted = store_readings(connection, result.all_readings)
             stats_rows = store_request_stats(connection, result.request_stats_rows())
-    except sa.exc.OperationalError as error:  # Postgres restarting: the sweep is repeatable
-        context.log.warning(f"database unavailable while storing readings: {error.orig}")
-        raise dg.RetryRequested(max_retries=3, seconds_to_wait=bridge.retry_wait_seconds) from error
     insert_seconds = time.perf_counter() - insert_started
 
     answered = set(result.readings)
@@ -168,6 +168,19 @@ def policy_snapshots(
         metadata={"changes": dg.MetadataValue.json([c.describe() for c in changes])},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[complete, shape])
+
+
+@contextlib.contextmanager
+def _retry_if_database_down(
+    context: dg.AssetExecutionContext, bridge: BridgeResource
+) -> Iterator[None]:
+    """A Postgres restart mid-run: the transaction rolled back, nothing half-stored, and the
+    sweep is repeatable (same ResponseTimes are stored once), so retry the step."""
+    try:
+        yield
+    except sa.exc.OperationalError as error:
+        context.log.warning(f"database unavailable: {str(error.orig).strip().splitlines()[0]}")
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=bridge.retry_wait_seconds) from error
 
 
 def _describe_completeness(result: PollResult, vanished: list[tuple[str, str]]) -> str:
