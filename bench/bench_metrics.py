@@ -122,7 +122,9 @@ def main() -> None:
         tick_levels = run.asset_materializations_for_node("threshold_evaluations")[0].metadata
         body = sum(rows[k].value for k in ("load_seconds", "compute_seconds", "write_seconds"))
         print(
-            f"incremental asset bodies: policy_metrics {body:.3f}s, threshold_evaluations "
+            f"incremental asset bodies: policy_metrics {body:.3f}s (load "
+            f"{rows['load_seconds'].value}s, compute {rows['compute_seconds'].value}s, write "
+            f"{rows['write_seconds'].value}s), threshold_evaluations "
             f"{tick_levels['seconds'].value:.3f}s"
         )
         print(

@@ -12,6 +12,9 @@ from dict_ratelimit.domain.catalog import POLICIES_BY_NAME
 from dict_ratelimit.domain.metrics_batch import SnapshotPairs, compute_metrics
 from dict_ratelimit.domain.thresholds import ThresholdConfig, evaluate
 
+#: A reading older than this is no "previous reading" (the SQL bounds its lookups the same way).
+MAX_PREVIOUS_AGE = pd.Timedelta(days=1)
+
 
 def _max_overdraft(policies: pd.Series, a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
     """How far one request can overdraw: its cost minus one (404 on anti-scan), or what the
@@ -27,6 +30,11 @@ def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFr
     """One metric row per snapshot of ``pairs`` (see ``storage.metrics.load_pairs``)."""
     if pairs.empty:
         return pd.DataFrame(columns=["ispb", "policy", "response_time"])
+    pairs = pairs.copy()
+    too_old = (pairs["response_time"] - pairs["prev_response_time"]) > MAX_PREVIOUS_AGE
+    prev_columns = ["prev_response_time", "prev_available", "prev_capacity",
+                    "prev_refill_tokens", "prev_refill_period_sec"]  # fmt: skip
+    pairs.loc[too_old, prev_columns] = None  # the same rule the SQL applies (one day)
     a1 = pairs["available_tokens"].to_numpy(dtype=float)
     a0 = pairs["prev_available"].to_numpy(dtype=float)
     elapsed = (pairs["response_time"] - pairs["prev_response_time"]).dt.total_seconds()

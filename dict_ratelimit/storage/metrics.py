@@ -1,6 +1,7 @@
 """Reading snapshot pairs and writing metrics and threshold evaluations.
 
-Two ways to pick the snapshots to compute:
+A previous reading counts only within a day (``MAX_PREVIOUS_AGE``; both ways apply the same
+rule, so they produce the same rows). Two ways to pick the snapshots to compute:
 - ``incremental``: per policy, the snapshots of the window newer than its newest metric row
   (cheap: an index probe per policy, then only the new rows of a tick), each with its previous
   snapshot found by an index probe;
@@ -54,6 +55,8 @@ FROM (
                x.refill_period_sec
         FROM dict_ratelimit.policy_snapshot AS x
         WHERE x.ispb = s.ispb AND x.policy = s.policy AND x.response_time < s.response_time
+          -- bounded: lets PostgreSQL skip every monthly partition but one or two
+          AND x.response_time >= s.response_time - interval '1 day'
         ORDER BY x.response_time DESC LIMIT 1
     ) AS prev ON true
 ) AS pairs
@@ -76,6 +79,7 @@ WITH base AS (
                x.refill_tokens, x.refill_period_sec
         FROM dict_ratelimit.policy_snapshot AS x
         WHERE x.ispb = p.ispb AND x.policy = p.policy AND x.response_time < %(start)s
+          AND x.response_time >= %(start)s - interval '1 day'
         ORDER BY x.response_time DESC LIMIT 1
     ) AS before
 ), pairs AS (
