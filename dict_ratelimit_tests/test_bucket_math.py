@@ -135,3 +135,36 @@ def test_a_fast_bucket_read_at_the_same_refill_phase_is_not_an_alarm() -> None:
     assert out["demand_per_min"][0] < 600
     assert out["exhaustion_state"][0] == "never" and np.isnan(out["time_to_429_s"][0])
     assert evaluate(543, 600, None, Thresholds())[0] is Level.OK
+
+
+def test_a_reading_more_than_a_day_old_is_no_previous_reading() -> None:
+    """The SQL bounds its previous-reading lookups to a day; the frame applies the same rule,
+    so a tick and a backfill agree even when a day-old reading is still in the window."""
+    import pandas as pd
+
+    from dict_ratelimit.analysis import metrics_frame
+    from dict_ratelimit.domain.thresholds import ThresholdConfig
+
+    now = pd.Timestamp("2026-11-29 12:00", tz="UTC")
+    pairs = pd.DataFrame(
+        {
+            "ispb": ["12345678", "12345678"],
+            "policy": ["ENTRIES_WRITE", "KEYS_CHECK"],
+            "response_time": [now, now],
+            "available_tokens": [30_000, 60],
+            "capacity": [36_000, 70],
+            "refill_tokens": [1_200, 70],
+            "refill_period_sec": [60, 60],
+            "prev_response_time": [now - pd.Timedelta(hours=25), now - pd.Timedelta(minutes=5)],
+            "prev_available": [36_000, 70],
+            "prev_capacity": [36_000, 70],
+            "prev_refill_tokens": [1_200, 70],
+            "prev_refill_period_sec": [60, 60],
+            "not_found": [None, None],
+            "total": [None, None],
+        }
+    )
+    frame = metrics_frame(pairs, ThresholdConfig())
+    assert frame["estimate_note"][0] == "no previous reading"
+    assert pd.isna(frame["estimate_note"][1])  # stored as NULL
+    assert pd.isna(frame["elapsed_seconds"][0]) and frame["elapsed_seconds"][1] == 300
