@@ -125,7 +125,9 @@ def main() -> None:
             f"incremental asset bodies: policy_metrics {body:.3f}s (load "
             f"{rows['load_seconds'].value}s, compute {rows['compute_seconds'].value}s, write "
             f"{rows['write_seconds'].value}s), threshold_evaluations "
-            f"{tick_levels['seconds'].value:.3f}s"
+            f"{tick_levels['seconds'].value:.3f}s (load {tick_levels['load_seconds'].value}s, "
+            f"compute {tick_levels['compute_seconds'].value}s, write "
+            f"{tick_levels['write_seconds'].value}s)"
         )
         print(
             f"incremental tick ({args.participants} participants x 28 policies): run wall "

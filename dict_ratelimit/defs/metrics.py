@@ -131,15 +131,21 @@ def threshold_evaluations(
     config = thresholds.config()
     start, end, incremental = _window(context)
     started = time.perf_counter()
+    timings: dict[str, float] = {}
     with postgres.engine.begin() as connection:
         metrics = load_metrics_for_evaluation(connection, start, end, incremental=incremental)
+        timings["load_seconds"] = time.perf_counter() - started
         frame = evaluations_frame(metrics, config)
+        timings["compute_seconds"] = time.perf_counter() - started - timings["load_seconds"]
         written = write_rows(
             connection,
             "threshold_evaluation",
             frame,
             replace_window=None if incremental else (start, end),
         )
+    timings["write_seconds"] = (
+        time.perf_counter() - started - timings["load_seconds"] - timings["compute_seconds"]
+    )
     levels = frame["level"].value_counts().to_dict() if not frame.empty else {}
     latest = (
         frame.sort_values("response_time").groupby(["ispb", "policy"]).tail(1)
@@ -167,5 +173,6 @@ def threshold_evaluations(
             "count_exhausted": int(levels.get("EXHAUSTED", 0)),
             "latest_not_ok": dg.MetadataValue.md("\n".join(lines) if len(lines) > 2 else "(none)"),
             "seconds": round(time.perf_counter() - started, 3),
+            **{name: round(value, 3) for name, value in timings.items()},
         }
     )

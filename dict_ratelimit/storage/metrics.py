@@ -3,8 +3,8 @@
 A previous reading counts only within a day (``MAX_PREVIOUS_AGE``; both ways apply the same
 rule, so they produce the same rows). Two ways to pick the snapshots to compute:
 - ``incremental``: per policy, the snapshots of the window newer than its newest metric row
-  (cheap: an index probe per policy, then only the new rows of a tick), each with its previous
-  snapshot found by an index probe;
+  (one index probe per policy, then only the new rows of a tick); that metric row carries the
+  previous reading of the first new snapshot, so no probe per snapshot is needed;
 - ``window``: every snapshot of the window with ``LAG`` over the window plus the last snapshot
   before it of every policy (a backfill: the first snapshot of a day uses the day before).
 """
@@ -34,34 +34,63 @@ PAIR_COLUMNS = (
 )
 
 _INCREMENTAL = f"""
-SELECT {PAIR_COLUMNS}
-FROM (
-    SELECT s.*, prev.response_time AS prev_response_time, prev.available_tokens AS prev_available,
-           prev.capacity AS prev_capacity, prev.refill_tokens AS prev_refill_tokens,
-           prev.refill_period_sec AS prev_refill_period_sec
+WITH newest AS (
+    -- per policy, its newest metric row in the window: everything after it is new, and that
+    -- row's snapshot is the previous reading of the first new one
+    SELECT p.ispb, p.policy, m.response_time, m.available_tokens, m.capacity, m.refill_tokens,
+           m.refill_period_sec
     FROM dict_ratelimit.policy AS p
-    -- per policy, the newest metric of the window: everything after it is new
-    CROSS JOIN LATERAL (
-        SELECT coalesce(max(m.response_time), %(start)s - interval '1 microsecond') AS after
-        FROM dict_ratelimit.policy_metric AS m
-        WHERE m.ispb = p.ispb AND m.policy = p.policy
-          AND m.response_time >= %(start)s AND m.response_time < %(end)s
-    ) AS watermark
-    JOIN dict_ratelimit.policy_snapshot AS s
-      ON s.ispb = p.ispb AND s.policy = p.policy
-     AND s.response_time > watermark.after AND s.response_time < %(end)s
     LEFT JOIN LATERAL (
-        SELECT x.response_time, x.available_tokens, x.capacity, x.refill_tokens,
-               x.refill_period_sec
+        SELECT pm.response_time, pm.available_tokens, pm.capacity, pm.refill_tokens,
+               pm.refill_period_sec
+        FROM dict_ratelimit.policy_metric AS pm
+        WHERE pm.ispb = p.ispb AND pm.policy = p.policy
+          AND pm.response_time >= %(start)s AND pm.response_time < %(end)s
+        ORDER BY pm.response_time DESC LIMIT 1
+    ) AS m ON true
+), fresh AS (
+    SELECT s.ispb, s.policy, s.response_time, s.available_tokens, s.capacity, s.refill_tokens,
+           s.refill_period_sec, false AS anchor
+    FROM newest AS n
+    JOIN dict_ratelimit.policy_snapshot AS s
+      ON s.ispb = n.ispb AND s.policy = n.policy
+     AND s.response_time > coalesce(n.response_time, %(start)s - interval '1 microsecond')
+     AND s.response_time < %(end)s
+), anchors AS (
+    SELECT n.ispb, n.policy, n.response_time, n.available_tokens, n.capacity, n.refill_tokens,
+           n.refill_period_sec, true AS anchor
+    FROM newest AS n
+    WHERE n.response_time IS NOT NULL
+      AND EXISTS (SELECT 1 FROM fresh AS f WHERE f.ispb = n.ispb AND f.policy = n.policy)
+    UNION ALL
+    -- no metric in the window yet: the last snapshot before it (within a day)
+    SELECT before.*, true AS anchor
+    FROM newest AS n
+    CROSS JOIN LATERAL (
+        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
+               x.refill_tokens, x.refill_period_sec
         FROM dict_ratelimit.policy_snapshot AS x
-        WHERE x.ispb = s.ispb AND x.policy = s.policy AND x.response_time < s.response_time
-          -- bounded: lets PostgreSQL skip every monthly partition but one or two
-          AND x.response_time >= s.response_time - interval '1 day'
+        WHERE x.ispb = n.ispb AND x.policy = n.policy AND x.response_time < %(start)s
+          AND x.response_time >= %(start)s - interval '1 day'
         ORDER BY x.response_time DESC LIMIT 1
-    ) AS prev ON true
-) AS pairs
+    ) AS before
+    WHERE n.response_time IS NULL
+      AND EXISTS (SELECT 1 FROM fresh AS f WHERE f.ispb = n.ispb AND f.policy = n.policy)
+), pairs AS (
+    SELECT base.*,
+           lag(response_time) OVER w AS prev_response_time,
+           lag(available_tokens) OVER w AS prev_available,
+           lag(capacity) OVER w AS prev_capacity,
+           lag(refill_tokens) OVER w AS prev_refill_tokens,
+           lag(refill_period_sec) OVER w AS prev_refill_period_sec
+    FROM (SELECT * FROM fresh UNION ALL SELECT * FROM anchors) AS base
+    WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
+)
+SELECT {PAIR_COLUMNS}
+FROM pairs
 LEFT JOIN dict_ratelimit.policy_request_stats AS rs
     ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
+WHERE NOT pairs.anchor
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
 
