@@ -70,7 +70,7 @@ COMMENT ON TABLE dict_ratelimit.policy_metric IS
 COMMENT ON COLUMN dict_ratelimit.policy_metric.naive_drop_per_min IS
     'NAIVE (A0 - A1) / elapsed, ignoring refill: what the replaced system reported; for comparison';
 COMMENT ON COLUMN dict_ratelimit.policy_metric.demand_per_min IS
-    'Point estimate: constant demand that turns the previous reading into this one (continuous refill)';
+    'Point estimate: median of the constant demands that turn the previous reading into this one (continuous refill and stepped refill at four phases)';
 COMMENT ON COLUMN dict_ratelimit.policy_metric.demand_lower_per_min IS
     'Lowest constant demand consistent with the two readings over both refill models and four refill phases';
 COMMENT ON COLUMN dict_ratelimit.policy_metric.censored IS
