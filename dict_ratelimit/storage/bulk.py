@@ -62,14 +62,20 @@ def stage_rows(
     for row in rows:
         writer.writerow([_cell(value) for value in row])
     buffer.seek(0)
+    _copy(connection, staging, columns, buffer)
+    return staging
+
+
+def _copy(connection: Connection, target: str, columns: Sequence[str], buffer: io.IOBase) -> None:
+    """``COPY target (columns) FROM STDIN`` with CSV from ``buffer``, in the caller's
+    transaction (the one place both writers go through)."""
     cursor = connection.connection.cursor()
     try:
         cursor.copy_expert(
-            f"COPY {staging} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer
+            f"COPY {target} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer
         )
     finally:
         cursor.close()
-    return staging
 
 
 def _frame_csv(frame: pd.DataFrame) -> io.BytesIO:
@@ -87,15 +93,8 @@ def _frame_csv(frame: pd.DataFrame) -> io.BytesIO:
 
 def copy_frame(connection: Connection, target: str, frame: pd.DataFrame) -> None:
     """COPY a DataFrame into ``target`` (a table name, schema-qualified if needed) through
-    pandas' C CSV writer; NaN/None become NULL. Runs in the caller's transaction."""
-    buffer = _frame_csv(frame)
-    cursor = connection.connection.cursor()
-    try:
-        cursor.copy_expert(
-            f"COPY {target} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)", buffer
-        )
-    finally:
-        cursor.close()
+    Arrow's CSV writer; NaN/None become NULL. Runs in the caller's transaction."""
+    _copy(connection, target, list(frame.columns), _frame_csv(frame))
 
 
 def stage_frame(connection: Connection, table: str, frame: pd.DataFrame) -> str:

@@ -33,6 +33,25 @@ PAIR_COLUMNS = (
     "pairs.prev_refill_period_sec, rs.not_found, rs.total"
 )
 
+# Shared pieces of the two queries below: both must apply the same one-day rule and the same
+# previous-reading columns, or a tick and a backfill would not produce the same rows.
+_LAST_BEFORE_START = """
+        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
+               x.refill_tokens, x.refill_period_sec
+        FROM dict_ratelimit.policy_snapshot AS x
+        WHERE x.ispb = {owner}.ispb AND x.policy = {owner}.policy
+          AND x.response_time < %(start)s AND x.response_time >= %(start)s - interval '1 day'
+        ORDER BY x.response_time DESC LIMIT 1
+"""
+_LAG_PREVIOUS = """
+           lag(response_time) OVER w AS prev_response_time,
+           lag(available_tokens) OVER w AS prev_available,
+           lag(capacity) OVER w AS prev_capacity,
+           lag(refill_tokens) OVER w AS prev_refill_tokens,
+           lag(refill_period_sec) OVER w AS prev_refill_period_sec"""
+_JOIN_REQUEST_STATS = """LEFT JOIN dict_ratelimit.policy_request_stats AS rs
+    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time"""
+
 _INCREMENTAL = f"""
 WITH newest AS (
     -- per policy, its newest metric row in the window: everything after it is new, and that
@@ -66,30 +85,17 @@ WITH newest AS (
     -- no metric in the window yet: the last snapshot before it (within a day)
     SELECT before.*, true AS anchor
     FROM newest AS n
-    CROSS JOIN LATERAL (
-        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
-               x.refill_tokens, x.refill_period_sec
-        FROM dict_ratelimit.policy_snapshot AS x
-        WHERE x.ispb = n.ispb AND x.policy = n.policy AND x.response_time < %(start)s
-          AND x.response_time >= %(start)s - interval '1 day'
-        ORDER BY x.response_time DESC LIMIT 1
-    ) AS before
+    CROSS JOIN LATERAL ({_LAST_BEFORE_START.format(owner="n")}) AS before
     WHERE n.response_time IS NULL
       AND EXISTS (SELECT 1 FROM fresh AS f WHERE f.ispb = n.ispb AND f.policy = n.policy)
 ), pairs AS (
-    SELECT base.*,
-           lag(response_time) OVER w AS prev_response_time,
-           lag(available_tokens) OVER w AS prev_available,
-           lag(capacity) OVER w AS prev_capacity,
-           lag(refill_tokens) OVER w AS prev_refill_tokens,
-           lag(refill_period_sec) OVER w AS prev_refill_period_sec
+    SELECT base.*, {_LAG_PREVIOUS}
     FROM (SELECT * FROM fresh UNION ALL SELECT * FROM anchors) AS base
     WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
 )
 SELECT {PAIR_COLUMNS}
 FROM pairs
-LEFT JOIN dict_ratelimit.policy_request_stats AS rs
-    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
+{_JOIN_REQUEST_STATS}
 WHERE NOT pairs.anchor
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
@@ -103,28 +109,15 @@ WITH base AS (
     UNION ALL
     SELECT before.*
     FROM dict_ratelimit.policy AS p
-    CROSS JOIN LATERAL (
-        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
-               x.refill_tokens, x.refill_period_sec
-        FROM dict_ratelimit.policy_snapshot AS x
-        WHERE x.ispb = p.ispb AND x.policy = p.policy AND x.response_time < %(start)s
-          AND x.response_time >= %(start)s - interval '1 day'
-        ORDER BY x.response_time DESC LIMIT 1
-    ) AS before
+    CROSS JOIN LATERAL ({_LAST_BEFORE_START.format(owner="p")}) AS before
 ), pairs AS (
-    SELECT base.*,
-           lag(response_time) OVER w AS prev_response_time,
-           lag(available_tokens) OVER w AS prev_available,
-           lag(capacity) OVER w AS prev_capacity,
-           lag(refill_tokens) OVER w AS prev_refill_tokens,
-           lag(refill_period_sec) OVER w AS prev_refill_period_sec
+    SELECT base.*, {_LAG_PREVIOUS}
     FROM base
     WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
 )
 SELECT {PAIR_COLUMNS}
 FROM pairs
-LEFT JOIN dict_ratelimit.policy_request_stats AS rs
-    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time
+{_JOIN_REQUEST_STATS}
 WHERE pairs.response_time >= %(start)s
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
