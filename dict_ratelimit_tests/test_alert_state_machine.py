@@ -1,0 +1,218 @@
+"""The alert state machine (pure): opening, severity changes, hysteresis, NODATA, categories."""
+
+import datetime as dt
+
+import pytest
+
+from dict_ratelimit.domain.alerts import (
+    PARTICIPANT,
+    AlertRules,
+    AlertRulesError,
+    Kind,
+    Observation,
+    Status,
+    Track,
+    apply,
+    apply_all,
+    check_participant,
+    check_stale,
+)
+from dict_ratelimit.domain.thresholds import Level, Thresholds, evaluate
+
+T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+CAPACITY = 36_000
+RULES = AlertRules()
+
+
+def reading(
+    minute: int, ratio: float, ttl: float | None = None, category: str = "A"
+) -> Observation:
+    """An observation evaluated with the default thresholds, as the pipeline does."""
+    available = round(ratio * CAPACITY)
+    level, reasons = evaluate(available, CAPACITY, ttl, Thresholds())
+    return Observation(
+        ispb="12345678",
+        policy="ENTRIES_READ_USER_ANON",
+        category=category,
+        at=T0 + dt.timedelta(minutes=minute),
+        level=level,
+        available_tokens=available,
+        capacity=CAPACITY,
+        time_to_429_s=ttl,
+        reasons=tuple(reason.as_dict() for reason in reasons),
+        clear_ratio=Thresholds().clear_ratio,
+    )
+
+
+def run(ratios: list[float], rules: AlertRules = RULES) -> tuple[Track, list]:
+    track = Track("12345678", "ENTRIES_READ_USER_ANON")
+    observations = [reading(5 * i, ratio) for i, ratio in enumerate(ratios)]
+    return apply_all(track, observations, rules)
+
+
+def kinds(transitions: list) -> list[str]:
+    return [t.kind.value for t in transitions]
+
+
+def test_an_episode_opens_escalates_deescalates_and_resolves_past_the_clear_threshold() -> None:
+    track, transitions = run([0.5, 0.18, 0.05, 0.0, 0.15, 0.25, 0.35, 0.40])
+    assert kinds(transitions) == [
+        "alert.opened",  # 18 %: WARNING
+        "alert.escalated",  # 5 %: CRITICAL
+        "alert.escalated",  # 0: EXHAUSTED
+        "alert.deescalated",  # 15 %: WARNING
+        # 25 %: OK but below the 30 % clear threshold: still open at WARNING, nothing emitted
+        # 35 %: first clear reading; 40 %: second -> resolved
+        "alert.resolved",
+    ]
+    severities = [(t.severity, t.previous_severity) for t in transitions]
+    assert severities[:4] == [
+        (Level.WARNING, None),
+        (Level.CRITICAL, Level.WARNING),
+        (Level.EXHAUSTED, Level.CRITICAL),
+        (Level.WARNING, Level.EXHAUSTED),
+    ]
+    episode = transitions[-1].episode
+    assert episode.status == Status.RESOLVED
+    assert episode.peak_severity == Level.EXHAUSTED
+    assert episode.lowest_available_tokens == 0
+    assert episode.opened_at == T0 + dt.timedelta(minutes=5)
+    assert episode.resolved_at == T0 + dt.timedelta(minutes=35)
+    assert [label for _, label in episode.severity_history] == [
+        "WARNING", "CRITICAL", "EXHAUSTED", "WARNING", "RESOLVED",
+    ]  # fmt: skip
+    # one episode: every event carries its key, numbered 1..5
+    assert {t.episode.key for t in transitions} == {episode.key}
+    assert [t.event_id for t in transitions] == [f"{episode.key}:{n}" for n in range(1, 6)]
+    assert track.episode is None
+    assert "RESOLVED" in episode.message and "peak EXHAUSTED" in episode.message
+
+
+def test_a_signal_oscillating_between_18_and_22_percent_does_not_flap() -> None:
+    _, transitions = run([0.5] + [0.18, 0.22] * 20)
+    assert kinds(transitions) == ["alert.opened"]  # one episode, never resolved
+
+
+def test_the_replaced_rule_would_have_flapped_on_the_same_signal() -> None:
+    """With the clear threshold equal to the warning threshold and one reading to clear (the
+    old system), the same signal opens and resolves an alert on every swing."""
+    track = Track("12345678", "ENTRIES_READ_USER_ANON")
+    observations = []
+    for i, ratio in enumerate([0.18, 0.22] * 5):
+        obs = reading(5 * i, ratio)
+        observations.append(
+            Observation(**{**obs.__dict__, "clear_ratio": Thresholds().warning_ratio})
+        )
+    _, transitions = apply_all(track, observations, AlertRules(clear_after=1))
+    assert kinds(transitions).count("alert.opened") == 5
+
+
+def test_one_clear_reading_is_not_enough_by_default() -> None:
+    _, transitions = run([0.15, 0.50, 0.15, 0.50, 0.50])
+    assert kinds(transitions) == ["alert.opened", "alert.resolved"]
+    assert transitions[-1].at == T0 + dt.timedelta(minutes=20)
+
+
+def test_a_forecast_reason_keeps_the_episode_open_even_above_the_clear_threshold() -> None:
+    track = Track("12345678", "ENTRIES_READ_USER_ANON")
+    observations = [
+        reading(0, 0.15),
+        reading(5, 0.60, ttl=200.0),  # plenty left, but the first 429 is 200 s away: CRITICAL
+        reading(10, 0.60, ttl=600.0),  # WARNING by forecast
+        reading(15, 0.60),
+        reading(20, 0.60),
+    ]
+    _, transitions = apply_all(track, observations, RULES)
+    assert kinds(transitions) == [
+        "alert.opened", "alert.escalated", "alert.deescalated", "alert.resolved",
+    ]  # fmt: skip
+    assert transitions[-1].at == T0 + dt.timedelta(minutes=20)
+    assert transitions[1].observation.has_forecast_reason
+
+
+def test_fire_after_needs_consecutive_alarming_evaluations() -> None:
+    rules = AlertRules(fire_after=2)
+    _, transitions = run([0.15, 0.50, 0.15, 0.50], rules)
+    assert transitions == []
+    _, transitions = run([0.15, 0.15], rules)
+    assert kinds(transitions) == ["alert.opened"]
+    assert transitions[0].at == T0 + dt.timedelta(minutes=5)
+
+
+def test_reapplying_the_same_evaluations_emits_nothing() -> None:
+    track, first = run([0.15, 0.05])
+    again, second = apply(track, reading(5, 0.05), RULES)
+    assert first and second == [] and again == track
+
+
+def test_event_ids_are_deterministic() -> None:
+    _, first = run([0.5, 0.15, 0.05, 0.5, 0.5])
+    _, second = run([0.5, 0.15, 0.05, 0.5, 0.5])
+    assert [t.event_id for t in first] == [t.event_id for t in second]
+    assert first[0].event_id == "12345678/ENTRIES_READ_USER_ANON/20261129T120500Z:1"
+
+
+def test_a_stale_open_episode_goes_nodata_once_and_comes_back_with_the_next_reading() -> None:
+    track, _ = run([0.15])  # opened at T0
+    fresh, none = check_stale(track, T0 + dt.timedelta(minutes=15), RULES)
+    assert none == [] and fresh == track  # exactly the staleness limit: not yet
+    stale, transitions = check_stale(track, T0 + dt.timedelta(minutes=16), RULES)
+    assert kinds(transitions) == ["alert.nodata"]
+    assert stale.episode.status == Status.NODATA and stale.episode.is_open
+    assert transitions[0].severity == Level.WARNING  # the last known severity
+    _, twice = check_stale(stale, T0 + dt.timedelta(minutes=30), RULES)
+    assert twice == []
+    back, transitions = apply(stale, reading(35, 0.16), RULES)
+    assert kinds(transitions) == ["alert.data_restored"]
+    assert back.episode.status == Status.OPEN
+    back, transitions = apply(stale, reading(35, 0.05), RULES)
+    assert kinds(transitions) == ["alert.escalated"]  # the change says it all
+
+
+def test_a_participant_without_readings_raises_one_nodata_alert_until_readings_return() -> None:
+    track = Track("12345678", PARTICIPANT)
+    track, transitions = check_participant(track, T0, "A", T0 + dt.timedelta(minutes=5), RULES)
+    assert transitions == []
+    later = T0 + dt.timedelta(minutes=20)
+    track, transitions = check_participant(track, T0, "A", later, RULES)
+    assert kinds(transitions) == ["alert.nodata"]
+    assert transitions[0].severity == Level.CRITICAL
+    assert "12345678" in transitions[0].message
+    track, again = check_participant(track, T0, "A", later + dt.timedelta(minutes=5), RULES)
+    assert again == []  # one alert, not one per check
+    back_at = later + dt.timedelta(minutes=7)
+    track, transitions = check_participant(track, back_at, "A", back_at, RULES)
+    assert kinds(transitions) == ["alert.resolved"]
+    assert transitions[0].event_id.endswith(":2") and track.episode is None
+
+
+def test_a_participant_never_read_gets_the_staleness_grace_period() -> None:
+    track, transitions = check_participant(Track("12345678", PARTICIPANT), None, None, T0, RULES)
+    assert transitions == []
+    _, transitions = check_participant(track, None, None, T0 + dt.timedelta(minutes=16), RULES)
+    assert kinds(transitions) == ["alert.nodata"]
+
+
+def test_a_category_change_is_its_own_event() -> None:
+    track = Track("12345678", PARTICIPANT, category="A")
+    track, transitions = check_participant(track, T0, "A", T0, RULES)
+    assert transitions == []
+    track, transitions = check_participant(track, T0, "D", T0, RULES)
+    assert kinds(transitions) == ["participant.category_changed"]
+    change = transitions[0]
+    assert (change.previous_category, change.category) == ("A", "D")
+    assert change.event_id == "12345678/category/20261129T120000Z"
+    assert track.category == "D"
+
+
+@pytest.mark.parametrize(
+    ("rules", "field"),
+    [
+        (AlertRules(fire_after=0), "fire_after"),
+        (AlertRules(clear_after=0), "clear_after"),
+        (AlertRules(stale_after=dt.timedelta(0)), "stale_after"),
+    ],
+)
+def test_invalid_rules_name_the_field(rules: AlertRules, field: str) -> None:
+    with pytest.raises(AlertRulesError, match=field):
+        rules.validate()
