@@ -8,7 +8,6 @@ from dict_ratelimit.domain.alerts import (
     PARTICIPANT,
     AlertRules,
     AlertRulesError,
-    Kind,
     Observation,
     Status,
     Track,

@@ -444,7 +444,7 @@ def check_participant(
                 None,
                 None,
                 opened.message,
-            )  # fmt: skip
+            )
         )
         track = replace(track, episode=opened, last_observed_at=reference)
     elif not stale and episode is not None and newest_reading_at is not None:
@@ -470,7 +470,7 @@ def check_participant(
                 Level.CRITICAL,
                 None,
                 resolved.message,
-            )  # fmt: skip
+            )
         )
         track = replace(track, episode=None, last_observed_at=newest_reading_at)
     elif newest_reading_at is not None:
