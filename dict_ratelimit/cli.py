@@ -270,11 +270,13 @@ def tick() -> None:
         ispbs = [i.strip() for i in os.environ["DICT_RATELIMIT_PARTICIPANTS"].split(",")]
         rows = latest_readings(engine, [i for i in ispbs if i])
     click.echo(format_readings(rows))
+    failed_errors = False
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             click.echo(f"check {evaluation.check_name} failed: {evaluation.description or ''}")
+            failed_errors |= evaluation.severity == dg.AssetCheckSeverity.ERROR
     click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILURE'}")
-    if not result.success:
+    if not result.success or failed_errors:
         sys.exit(1)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
 from dict_ratelimit.defs.metrics import policy_metrics, threshold_evaluations
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
-from dict_ratelimit.defs.resources import default_resources
+from dict_ratelimit.defs.resources import alert_rules_from_env, default_resources
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
@@ -15,15 +16,19 @@ from dict_ratelimit.settings import get_settings
 def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
     """All assets, jobs, schedules and resources of the code location.
 
-    ``resources`` replaces the environment-driven defaults (tests, ``dict-ratelimit tick``).
+    ``resources`` replaces the environment-driven defaults (tests, ``dict-ratelimit tick``);
+    the alert rules default to the environment's when not given.
     """
     settings = get_settings()
+    if resources is not None:
+        resources = {"alert_rules": alert_rules_from_env(), **resources}
     return dg.Definitions(
-        assets=[DICT_BRIDGE, policy_snapshots, policy_metrics, threshold_evaluations],
-        jobs=[monitor_job, metrics_job, retention_job],
+        assets=[DICT_BRIDGE, policy_snapshots, policy_metrics, threshold_evaluations, alerts],
+        jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
         schedules=[
             monitor_schedule(settings.monitor_cron),
             retention_schedule(settings.retention_months, settings.months_ahead),
+            alert_watchdog_schedule(),
         ],
         resources=resources if resources is not None else default_resources(),
     )

@@ -4,10 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
+from dict_ratelimit.defs.alerts import alerts
 from dict_ratelimit.defs.metrics import INCREMENTAL, MODE_TAG, policy_metrics, threshold_evaluations
 from dict_ratelimit.defs.snapshots import policy_snapshots
+from dict_ratelimit.defs.tags import SERIAL_TAG
 
-SERIAL_TAG = {"dict_ratelimit/serial": "monitor"}
+__all__ = ["SERIAL_TAG", "TICK_TAGS", "metrics_job", "monitor_job", "monitor_schedule"]
 TICK_TAGS = {**SERIAL_TAG, MODE_TAG: INCREMENTAL}
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -18,11 +20,14 @@ ACTIVE_STATUSES = [
 
 monitor_job = dg.define_asset_job(
     "monitor_job",
-    selection=dg.AssetSelection.assets(policy_snapshots, policy_metrics, threshold_evaluations),
+    selection=dg.AssetSelection.assets(
+        policy_snapshots, policy_metrics, threshold_evaluations, alerts
+    ),
     executor_def=dg.in_process_executor,
     tags=SERIAL_TAG,
-    description="One monitoring tick: read every participant's DICT buckets, store them, and "
-    "compute the new snapshots' metrics and threshold evaluations (today's partition).",
+    description="One monitoring tick: read every participant's DICT buckets, store them, "
+    "compute the new snapshots' metrics and threshold evaluations (today's partition), and "
+    "update the alerts and their outbox.",
 )
 
 

@@ -1,5 +1,6 @@
 """Dagster resources: small ConfigurableResource classes fed by ``dg.EnvVar``."""
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -8,9 +9,11 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
+from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.domain.thresholds import ThresholdConfig, parse_threshold_config
+from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE
 from dict_ratelimit.storage.database import create_db_engine, redact
 from dict_ratelimit.thresholds_file import load_threshold_file
 
@@ -149,10 +152,40 @@ class ThresholdsResource(dg.ConfigurableResource):
         return load_threshold_file(Path(self.path))
 
 
+class AlertRulesResource(dg.ConfigurableResource):
+    """When alerts open, resolve and go stale (``DICT_RATELIMIT_ALERT_*``)."""
+
+    fire_after: int = 1
+    clear_after: int = 2
+    stale_after_minutes: float = 15.0
+    event_source: str = DEFAULT_SOURCE
+
+    def rules(self) -> AlertRules:
+        return AlertRules(
+            fire_after=self.fire_after,
+            clear_after=self.clear_after,
+            stale_after=dt.timedelta(minutes=self.stale_after_minutes),
+        ).validate()
+
+
+def alert_rules_from_env() -> AlertRulesResource:
+    variables = {
+        "fire_after": ("DICT_RATELIMIT_ALERT_FIRE_AFTER", int),
+        "clear_after": ("DICT_RATELIMIT_ALERT_CLEAR_AFTER", int),
+        "stale_after_minutes": ("DICT_RATELIMIT_ALERT_STALE_AFTER_MINUTES", float),
+        "event_source": ("DICT_RATELIMIT_EVENT_SOURCE", str),
+    }
+    values = {
+        key: cast(os.environ[env]) for key, (env, cast) in variables.items() if os.environ.get(env)
+    }
+    return AlertRulesResource(**values)
+
+
 def default_resources() -> dict[str, object]:
     """Resources of the deployed code location, all read from the environment at run time."""
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
         "bridge": bridge_resource_from_env(),
         "thresholds": ThresholdsResource(path=_optional_env("DICT_RATELIMIT_THRESHOLDS_FILE")),
+        "alert_rules": alert_rules_from_env(),
     }

@@ -1,1 +1,1 @@
-"""events"""
+"""Alert events: the CloudEvents envelope, the outbox publisher and the Pulsar sensor."""

@@ -1,0 +1,133 @@
+"""The ``alerts`` asset and its watchdog schedule.
+
+In every monitor tick, after ``threshold_evaluations``, ``alerts`` applies the new evaluations
+to the alert state machine and writes the episodes and the outbox rows in one transaction.
+
+When a tick fails before it gets there (the Bridge down for everyone, Postgres gone), nobody
+would notice the silence: ``alert_watchdog`` materializes ``alerts`` alone whenever the
+monitor has not succeeded recently, so open alerts go NODATA and the dead man's switch fires.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import sqlalchemy as sa
+
+from dict_ratelimit.defs.metrics import threshold_evaluations
+from dict_ratelimit.defs.resources import AlertRulesResource, BridgeResource, PostgresResource
+from dict_ratelimit.defs.tags import SERIAL_TAG
+from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
+
+
+def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
+    rows = connection.execute(
+        sa.text(
+            "SELECT ispb, policy, status, severity, opened_at, lowest_remaining_ratio "
+            "FROM dict_ratelimit.alert WHERE status <> 'resolved' "
+            "ORDER BY status = 'nodata' DESC, array_position("
+            "ARRAY['EXHAUSTED','CRITICAL','WARNING'], severity), opened_at LIMIT :limit"
+        ),
+        {"limit": limit},
+    ).fetchall()
+    if not rows:
+        return "(none)"
+    lines = ["| alert | status | severity | open since | lowest left |", "|---|---|---|---|---:|"]
+    for row in rows:
+        lowest = "" if row.lowest_remaining_ratio is None else f"{row.lowest_remaining_ratio:.1%}"
+        lines.append(
+            f"| {row.ispb}/{row.policy} | {row.status} | {row.severity} | "
+            f"{row.opened_at:%Y-%m-%d %H:%M} UTC | {lowest} |"
+        )
+    return "\n".join(lines)
+
+
+def _metadata(report: AlertReport, backlog: int, table: str) -> dict[str, object]:
+    kinds: dict[str, int] = {}
+    for transition in report.transitions:
+        kinds[transition.kind.value] = kinds.get(transition.kind.value, 0) + 1
+    return {
+        "evaluations_applied": report.evaluations_applied,
+        "events_written": len(report.transitions),
+        "events_by_type": dg.MetadataValue.json(kinds),
+        "open_warning": report.open_by_severity.get("WARNING", 0),
+        "open_critical": report.open_by_severity.get("CRITICAL", 0),
+        "open_exhausted": report.open_by_severity.get("EXHAUSTED", 0),
+        "open_nodata": report.nodata_open,
+        "outbox_unpublished": backlog,
+        "open_alerts": dg.MetadataValue.md(table),
+        **{name: round(value, 3) for name, value in report.timings.items()},
+    }
+
+
+@dg.asset(
+    deps=[threshold_evaluations],
+    group_name="dict",
+    kinds={"postgres"},
+    description="Alert episodes (dict_ratelimit.alert) and their events in the outbox "
+    "(dict_ratelimit.alert_event), written together in one transaction from the new "
+    "threshold evaluations; NODATA for stale data and silent participants.",
+)
+def alerts(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    bridge: BridgeResource,
+    alert_rules: AlertRulesResource,
+) -> dg.MaterializeResult:
+    rules = alert_rules.rules()
+    with postgres.engine.begin() as connection:
+        report = apply_evaluations(
+            connection,
+            rules,
+            participants=bridge.participant_list(),
+            source=alert_rules.event_source,
+        )
+        backlog = connection.execute(
+            sa.text("SELECT count(*) FROM dict_ratelimit.alert_event WHERE published_at IS NULL")
+        ).scalar_one()
+        table = _open_alerts_table(connection)
+    for transition in report.transitions:
+        context.log.info(f"{transition.kind.value} {transition.event_id}: {transition.message}")
+    return dg.MaterializeResult(metadata=_metadata(report, backlog, table))
+
+
+alert_watchdog_job = dg.define_asset_job(
+    "alert_watchdog_job",
+    selection=dg.AssetSelection.assets(alerts),
+    executor_def=dg.in_process_executor,
+    tags=SERIAL_TAG,
+    description="Apply staleness to the alerts when the monitor tick has not succeeded "
+    "recently (NODATA, dead man's switch).",
+)
+
+
+def alert_watchdog_schedule(
+    cron: str = "2-59/5 * * * *", healthy_within: dt.timedelta = dt.timedelta(minutes=10)
+) -> dg.ScheduleDefinition:
+    """Between monitor ticks: skip while the monitor succeeds, run ``alerts`` otherwise."""
+
+    @dg.schedule(
+        name="alert_watchdog",
+        job=alert_watchdog_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Dead man's switch: when no monitor run succeeded in the last "
+        f"{healthy_within.total_seconds() / 60:.0f} minutes, apply staleness to the alerts.",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
+        now = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        latest = context.instance.get_runs(
+            dg.RunsFilter(job_name="monitor_job", statuses=[dg.DagsterRunStatus.SUCCESS]),
+            limit=1,
+        )
+        if latest:
+            record = context.instance.get_run_record_by_id(latest[0].run_id)
+            ended = record.end_time if record else None
+            if ended and now.timestamp() - ended < healthy_within.total_seconds():
+                return dg.SkipReason(
+                    f"monitor healthy: last successful run ended "
+                    f"{(now.timestamp() - ended) / 60:.1f} min ago"
+                )
+        return dg.RunRequest(run_key=now.isoformat(), tags=SERIAL_TAG)
+
+    return _schedule

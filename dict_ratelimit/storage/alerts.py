@@ -1,0 +1,333 @@
+"""Alert state and the outbox in Postgres: one transaction applies a tick's evaluations.
+
+``apply_evaluations`` loads each identity's track (newest evaluation applied, streak, open
+episode), feeds it the evaluations newer than that, checks staleness and the participant-level
+dead man's switch, and writes the tracks, the episodes and one outbox row per transition —
+all in the caller's transaction, under an advisory lock, so a monitor tick and the watchdog
+never interleave and outbox ids are allocated (and committed) in transition order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dict_ratelimit.domain.alerts import (
+    PARTICIPANT,
+    AlertRules,
+    Episode,
+    Observation,
+    Status,
+    Track,
+    Transition,
+    apply_all,
+    check_participant,
+    check_stale,
+)
+from dict_ratelimit.domain.thresholds import Level
+from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE, event_type, to_cloudevent
+from dict_ratelimit.storage.bulk import stage_rows
+
+#: Key of the transaction-level advisory lock every alert writer takes.
+ALERTS_LOCK = 0x0D1C7A1E
+
+#: A track seen for the first time only considers evaluations this recent (no replay of
+#: history into alerts that would be long over).
+FIRST_LOOK_BACK = dt.timedelta(minutes=15)
+
+
+@dataclass
+class AlertReport:
+    """What one application did (asset metadata)."""
+
+    evaluations_applied: int = 0
+    transitions: list[Transition] = field(default_factory=list)
+    open_by_severity: dict[str, int] = field(default_factory=dict)
+    nodata_open: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for t in self.transitions if t.kind.value == kind)
+
+
+_TRACKS = """
+SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak,
+       a.alert_key, a.category AS alert_category, a.opened_at, a.status, a.severity,
+       a.peak_severity, a.last_observed_at AS alert_last_observed_at, a.lowest_remaining_ratio,
+       a.lowest_available_tokens, a.severity_history, a.reasons, a.message, a.sequence,
+       a.clear_streak
+FROM dict_ratelimit.alert_track AS t
+LEFT JOIN dict_ratelimit.alert AS a
+       ON a.ispb = t.ispb AND a.policy = t.policy AND a.status <> 'resolved'
+"""
+
+_OBSERVATIONS = """
+SELECT e.ispb, e.policy, e.response_time, e.level, e.reasons,
+       coalesce((e.thresholds ->> 'clear_ratio')::double precision, 0.30) AS clear_ratio,
+       m.available_tokens, m.capacity, m.time_to_429_s, m.demand_per_min, m.refill_per_min,
+       s.category
+FROM dict_ratelimit.threshold_evaluation AS e
+JOIN dict_ratelimit.policy_metric AS m USING (ispb, policy, response_time)
+JOIN dict_ratelimit.policy_snapshot AS s USING (ispb, policy, response_time)
+LEFT JOIN dict_ratelimit.alert_track AS t ON t.ispb = e.ispb AND t.policy = e.policy
+WHERE e.response_time > coalesce(t.last_observed_at, %(first_look)s)
+ORDER BY e.ispb, e.policy, e.response_time
+"""
+
+
+def _episode(row: Any) -> Episode | None:
+    if row.alert_key is None:
+        return None
+    return Episode(
+        key=row.alert_key,
+        ispb=row.ispb,
+        policy=row.policy,
+        category=row.alert_category,
+        opened_at=row.opened_at,
+        status=Status(row.status),
+        severity=Level[row.severity],
+        peak_severity=Level[row.peak_severity],
+        last_observed_at=row.alert_last_observed_at,
+        lowest_remaining_ratio=row.lowest_remaining_ratio,
+        lowest_available_tokens=row.lowest_available_tokens,
+        severity_history=tuple(tuple(item) for item in row.severity_history),
+        reasons=tuple(row.reasons),
+        message=row.message,
+        sequence=row.sequence,
+        clear_streak=row.clear_streak,
+    )
+
+
+def load_tracks(connection: Connection) -> dict[tuple[str, str], Track]:
+    rows = connection.execute(sa.text(_TRACKS)).fetchall()
+    return {
+        (row.ispb, row.policy): Track(
+            ispb=row.ispb,
+            policy=row.policy,
+            last_observed_at=row.last_observed_at,
+            category=row.category,
+            fire_streak=row.fire_streak,
+            episode=_episode(row),
+        )
+        for row in rows
+    }
+
+
+def load_observations(connection: Connection, now: dt.datetime) -> list[Observation]:
+    """Evaluations newer than each identity's track, oldest first per identity."""
+    cursor = connection.exec_driver_sql(_OBSERVATIONS, {"first_look": now - FIRST_LOOK_BACK})
+    return [
+        Observation(
+            ispb=row[0],
+            policy=row[1],
+            at=row[2],
+            level=Level[row[3]],
+            reasons=tuple(row[4]),
+            clear_ratio=row[5],
+            available_tokens=row[6],
+            capacity=row[7],
+            time_to_429_s=row[8],
+            demand_per_min=row[9],
+            refill_per_min=row[10],
+            category=row[11],
+        )
+        for row in cursor.fetchall()
+    ]
+
+
+def step_all(
+    tracks: dict[tuple[str, str], Track],
+    observations: Sequence[Observation],
+    participants: Iterable[str],
+    now: dt.datetime,
+    rules: AlertRules,
+) -> tuple[dict[tuple[str, str], Track], list[Transition]]:
+    """The pure part of a tick: new tracks and the transitions, in the order to publish them
+    (per identity in time order; participant-level events after the policy events)."""
+    by_identity: dict[tuple[str, str], list[Observation]] = {}
+    for obs in observations:
+        by_identity.setdefault((obs.ispb, obs.policy), []).append(obs)
+    updated = dict(tracks)
+    transitions: list[Transition] = []
+    for identity, batch in by_identity.items():
+        track = updated.get(identity) or Track(*identity)
+        updated[identity], emitted = apply_all(track, batch, rules)
+        transitions.extend(emitted)
+    newest: dict[str, tuple[dt.datetime, str | None]] = {}
+    for (ispb, policy), track in updated.items():
+        if policy == PARTICIPANT:
+            continue
+        track, emitted = check_stale(track, now, rules)
+        updated[(ispb, policy)] = track
+        transitions.extend(emitted)
+        if track.last_observed_at is not None and (
+            ispb not in newest or track.last_observed_at > newest[ispb][0]
+        ):
+            newest[ispb] = (track.last_observed_at, track.category)
+    watched = set(participants) | {ispb for ispb, policy in updated if policy != PARTICIPANT}
+    for ispb in sorted(watched):
+        identity = (ispb, PARTICIPANT)
+        track = updated.get(identity) or Track(ispb, PARTICIPANT)
+        newest_at, category = newest.get(ispb, (None, None))
+        updated[identity], emitted = check_participant(track, newest_at, category, now, rules)
+        transitions.extend(emitted)
+    transitions.sort(key=lambda t: t.at)  # stable: keeps per-identity order at equal times
+    return updated, transitions
+
+
+_UPSERT_TRACKS = """
+INSERT INTO dict_ratelimit.alert_track AS t (ispb, policy, last_observed_at, category,
+                                             fire_streak)
+SELECT ispb, policy, last_observed_at, category, fire_streak FROM alert_track_staging
+ON CONFLICT (ispb, policy) DO UPDATE SET
+    last_observed_at = EXCLUDED.last_observed_at,
+    category = EXCLUDED.category,
+    fire_streak = EXCLUDED.fire_streak
+"""
+
+_UPSERT_ALERT = """
+INSERT INTO dict_ratelimit.alert AS a (
+    alert_key, ispb, policy, category, status, severity, peak_severity, opened_at, resolved_at,
+    last_observed_at, lowest_remaining_ratio, lowest_available_tokens, severity_history,
+    reasons, message, sequence, clear_streak)
+VALUES (
+    :alert_key, :ispb, :policy, :category, :status, :severity, :peak_severity, :opened_at,
+    :resolved_at, :last_observed_at, :lowest_remaining_ratio, :lowest_available_tokens,
+    CAST(:severity_history AS jsonb), CAST(:reasons AS jsonb), :message, :sequence,
+    :clear_streak)
+ON CONFLICT (alert_key) DO UPDATE SET
+    category = EXCLUDED.category,
+    status = EXCLUDED.status,
+    severity = EXCLUDED.severity,
+    peak_severity = EXCLUDED.peak_severity,
+    resolved_at = EXCLUDED.resolved_at,
+    last_observed_at = EXCLUDED.last_observed_at,
+    lowest_remaining_ratio = EXCLUDED.lowest_remaining_ratio,
+    lowest_available_tokens = EXCLUDED.lowest_available_tokens,
+    severity_history = EXCLUDED.severity_history,
+    reasons = EXCLUDED.reasons,
+    message = EXCLUDED.message,
+    sequence = EXCLUDED.sequence,
+    clear_streak = EXCLUDED.clear_streak,
+    updated_at = now()
+"""
+
+_INSERT_EVENT = """
+INSERT INTO dict_ratelimit.alert_event (event_id, alert_id, type, ispb, policy, severity,
+                                        occurred_at, payload)
+VALUES (:event_id, (SELECT id FROM dict_ratelimit.alert WHERE alert_key = :alert_key), :type,
+        :ispb, :policy, :severity, :occurred_at, CAST(:payload AS jsonb))
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+def _episode_params(episode: Episode) -> dict[str, Any]:
+    return {
+        "alert_key": episode.key,
+        "ispb": episode.ispb,
+        "policy": episode.policy,
+        "category": episode.category,
+        "status": episode.status.value,
+        "severity": episode.severity.name,
+        "peak_severity": episode.peak_severity.name,
+        "opened_at": episode.opened_at,
+        "resolved_at": episode.resolved_at,
+        "last_observed_at": episode.last_observed_at,
+        "lowest_remaining_ratio": episode.lowest_remaining_ratio,
+        "lowest_available_tokens": episode.lowest_available_tokens,
+        "severity_history": json.dumps(episode.severity_history),
+        "reasons": json.dumps([dict(reason) for reason in episode.reasons], ensure_ascii=False),
+        "message": episode.message,
+        "sequence": episode.sequence,
+        "clear_streak": episode.clear_streak,
+    }
+
+
+def save(
+    connection: Connection,
+    before: dict[tuple[str, str], Track],
+    after: dict[tuple[str, str], Track],
+    transitions: Sequence[Transition],
+    source: str,
+) -> None:
+    """Write changed tracks, changed episodes and the outbox rows (caller's transaction)."""
+    changed = [track for key, track in after.items() if before.get(key) != track]
+    if changed:
+        stage_rows(
+            connection,
+            "alert_track",
+            ("ispb", "policy", "last_observed_at", "category", "fire_streak"),
+            [(t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak) for t in changed],
+        )
+        connection.exec_driver_sql(_UPSERT_TRACKS)
+    episodes: dict[str, Episode] = {}
+    for transition in transitions:  # resolved episodes are no longer on a track
+        if transition.episode is not None:
+            episodes[transition.episode.key] = transition.episode
+    for track in changed:
+        if track.episode is not None:
+            episodes[track.episode.key] = track.episode
+    if episodes:
+        connection.execute(
+            sa.text(_UPSERT_ALERT), [_episode_params(episode) for episode in episodes.values()]
+        )
+    if transitions:
+        connection.execute(
+            sa.text(_INSERT_EVENT),
+            [
+                {
+                    "event_id": t.event_id,
+                    "alert_key": t.episode.key if t.episode else None,
+                    "type": event_type(t),
+                    "ispb": t.ispb,
+                    "policy": t.policy,
+                    "severity": t.severity.name if t.severity is not None else None,
+                    "occurred_at": t.at,
+                    "payload": json.dumps(to_cloudevent(t, source), ensure_ascii=False),
+                }
+                for t in transitions
+            ],
+        )
+
+
+def apply_evaluations(
+    connection: Connection,
+    rules: AlertRules,
+    participants: Iterable[str] = (),
+    now: dt.datetime | None = None,
+    source: str = DEFAULT_SOURCE,
+) -> AlertReport:
+    """Apply every evaluation not applied yet, check staleness, write everything (one
+    transaction: the caller's). Safe to repeat: a second call finds nothing new."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    report = AlertReport()
+    started = time.perf_counter()
+    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ALERTS_LOCK})")
+    tracks = load_tracks(connection)
+    observations = load_observations(connection, now)
+    report.timings["load_seconds"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    after, transitions = step_all(tracks, observations, participants, now, rules)
+    report.timings["compute_seconds"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    save(connection, tracks, after, transitions, source)
+    report.timings["write_seconds"] = time.perf_counter() - mark
+    report.evaluations_applied = len(observations)
+    report.transitions = transitions
+    for track in after.values():
+        episode = track.episode
+        if episode is None:
+            continue
+        if episode.status == Status.NODATA:
+            report.nodata_open += 1
+        else:
+            name = episode.severity.name
+            report.open_by_severity[name] = report.open_by_severity.get(name, 0) + 1
+    return report
