@@ -215,3 +215,17 @@ def test_a_category_change_is_its_own_event() -> None:
 def test_invalid_rules_name_the_field(rules: AlertRules, field: str) -> None:
     with pytest.raises(AlertRulesError, match=field):
         rules.validate()
+
+
+def test_severity_swinging_between_critical_and_warning_does_not_page_each_swing() -> None:
+    """A stepped bucket read at alternating refill phases: 8 % then 15 % then 8 % ..."""
+    _, transitions = run([0.08, 0.15] * 6)
+    assert kinds(transitions) == ["alert.opened"]
+    assert transitions[0].severity == Level.CRITICAL
+
+
+def test_deescalation_needs_clear_after_readings_below_and_goes_to_the_worst_of_them() -> None:
+    _, transitions = run([0.0, 0.15, 0.08, 0.08, 0.15, 0.15])
+    assert kinds(transitions) == ["alert.opened", "alert.deescalated", "alert.deescalated"]
+    assert [t.severity for t in transitions] == [Level.EXHAUSTED, Level.CRITICAL, Level.WARNING]
+    assert [t.at.minute for t in transitions] == [0, 10, 25]

@@ -21,7 +21,9 @@ CREATE TABLE dict_ratelimit.alert (
     reasons                  jsonb       NOT NULL,  -- the latest alarming reasons
     message                  text        NOT NULL,
     sequence                 integer     NOT NULL CHECK (sequence >= 1),  -- events so far
-    clear_streak             integer     NOT NULL DEFAULT 0,
+    clear_streak             integer     NOT NULL DEFAULT 0,  -- consecutive clear readings
+    calm_streak              integer     NOT NULL DEFAULT 0,  -- consecutive readings below severity
+    calm_level               text,                            -- the worst of those
     updated_at               timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT resolved_iff_resolved_at CHECK ((status = 'resolved') = (resolved_at IS NOT NULL))
 );

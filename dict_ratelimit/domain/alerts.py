@@ -10,6 +10,11 @@ signal wandering around 20 % opened and closed an alert every few minutes.
 Readings between the warning and the clear threshold keep the episode open at WARNING: the
 bucket is no longer low, but not yet safe either.
 
+Severity has hysteresis too: it escalates at once, but de-escalates only after ``clear_after``
+consecutive readings below it (to the worst of them). A stepped bucket read at different
+refill phases swings between CRITICAL and WARNING every tick; without this, each swing would
+page someone.
+
 No fresh reading for longer than ``stale_after`` puts an open episode in NODATA (an event, not a
 resolution); the next reading brings it back. A participant whose readings stop altogether
 gets one participant-level NODATA episode (policy ``*``): the monitor's dead man's switch.
@@ -130,6 +135,8 @@ class Episode:
     sequence: int  # transitions emitted so far (the last event's sequence)
     clear_streak: int = 0
     resolved_at: dt.datetime | None = None
+    calm_streak: int = 0  # consecutive readings below the current severity
+    calm_level: Level | None = None  # the worst of those readings
 
     @property
     def is_open(self) -> bool:
@@ -324,13 +331,22 @@ def apply(track: Track, obs: Observation, rules: AlertRules) -> tuple[Track, lis
     )
     was_nodata = episode.status == Status.NODATA
     previous = episode.severity
-    # Severity follows the level, but never below WARNING while the episode is open.
-    severity = max(obs.level, Level.WARNING)
+    level = max(obs.level, Level.WARNING)  # never below WARNING while the episode is open
+    severity, calm_streak, calm_level = previous, 0, None
+    if level > previous:
+        severity = level
+    elif level < previous:
+        calm_streak = episode.calm_streak + 1
+        calm_level = level if episode.calm_level is None else max(episode.calm_level, level)
+        if calm_streak >= rules.clear_after:
+            severity, calm_streak, calm_level = calm_level, 0, None
     clear_streak = episode.clear_streak + 1 if obs.is_clear else 0
     episode = replace(
         episode,
         status=Status.OPEN,
         clear_streak=clear_streak,
+        calm_streak=calm_streak,
+        calm_level=calm_level,
         severity=severity,
         peak_severity=max(episode.peak_severity, severity),
         reasons=obs.reasons if alarming else episode.reasons,
@@ -361,7 +377,7 @@ def check_stale(
         return track, []
     if now - episode.last_observed_at <= rules.stale_after:
         return track, []
-    stale = replace(episode, status=Status.NODATA, clear_streak=0)
+    stale = replace(episode, status=Status.NODATA, clear_streak=0, calm_streak=0, calm_level=None)
     stale, transition = _emit(Kind.NODATA, stale, None, now, episode.severity, "NODATA")
     return replace(track, episode=stale), [transition]
 

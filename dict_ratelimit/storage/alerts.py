@@ -62,7 +62,7 @@ SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak,
        a.alert_key, a.category AS alert_category, a.opened_at, a.status, a.severity,
        a.peak_severity, a.last_observed_at AS alert_last_observed_at, a.lowest_remaining_ratio,
        a.lowest_available_tokens, a.severity_history, a.reasons, a.message, a.sequence,
-       a.clear_streak
+       a.clear_streak, a.calm_streak, a.calm_level
 FROM dict_ratelimit.alert_track AS t
 LEFT JOIN dict_ratelimit.alert AS a
        ON a.ispb = t.ispb AND a.policy = t.policy AND a.status <> 'resolved'
@@ -102,6 +102,8 @@ def _episode(row: Any) -> Episode | None:
         message=row.message,
         sequence=row.sequence,
         clear_streak=row.clear_streak,
+        calm_streak=row.calm_streak,
+        calm_level=Level[row.calm_level] if row.calm_level else None,
     )
 
 
@@ -196,12 +198,12 @@ _UPSERT_ALERT = """
 INSERT INTO dict_ratelimit.alert AS a (
     alert_key, ispb, policy, category, status, severity, peak_severity, opened_at, resolved_at,
     last_observed_at, lowest_remaining_ratio, lowest_available_tokens, severity_history,
-    reasons, message, sequence, clear_streak)
+    reasons, message, sequence, clear_streak, calm_streak, calm_level)
 VALUES (
     :alert_key, :ispb, :policy, :category, :status, :severity, :peak_severity, :opened_at,
     :resolved_at, :last_observed_at, :lowest_remaining_ratio, :lowest_available_tokens,
     CAST(:severity_history AS jsonb), CAST(:reasons AS jsonb), :message, :sequence,
-    :clear_streak)
+    :clear_streak, :calm_streak, :calm_level)
 ON CONFLICT (alert_key) DO UPDATE SET
     category = EXCLUDED.category,
     status = EXCLUDED.status,
@@ -216,6 +218,8 @@ ON CONFLICT (alert_key) DO UPDATE SET
     message = EXCLUDED.message,
     sequence = EXCLUDED.sequence,
     clear_streak = EXCLUDED.clear_streak,
+    calm_streak = EXCLUDED.calm_streak,
+    calm_level = EXCLUDED.calm_level,
     updated_at = now()
 """
 
@@ -247,6 +251,8 @@ def _episode_params(episode: Episode) -> dict[str, Any]:
         "message": episode.message,
         "sequence": episode.sequence,
         "clear_streak": episode.clear_streak,
+        "calm_streak": episode.calm_streak,
+        "calm_level": episode.calm_level.name if episode.calm_level is not None else None,
     }
 
 
