@@ -5,9 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
+from dict_ratelimit.defs.events import publish_alert_events
 from dict_ratelimit.defs.metrics import policy_metrics, threshold_evaluations
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
-from dict_ratelimit.defs.resources import alert_rules_from_env, default_resources
+from dict_ratelimit.defs.resources import alert_rules_from_env, default_resources, pulsar_from_env
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
@@ -21,7 +22,11 @@ def build_definitions(resources: dict[str, object] | None = None) -> dg.Definiti
     """
     settings = get_settings()
     if resources is not None:
-        resources = {"alert_rules": alert_rules_from_env(), **resources}
+        resources = {
+            "alert_rules": alert_rules_from_env(),
+            "pulsar": pulsar_from_env(),
+            **resources,
+        }
     return dg.Definitions(
         assets=[DICT_BRIDGE, policy_snapshots, policy_metrics, threshold_evaluations, alerts],
         jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
@@ -30,6 +35,7 @@ def build_definitions(resources: dict[str, object] | None = None) -> dg.Definiti
             retention_schedule(settings.retention_months, settings.months_ahead),
             alert_watchdog_schedule(),
         ],
+        sensors=[publish_alert_events],
         resources=resources if resources is not None else default_resources(),
     )
 

@@ -14,6 +14,7 @@ from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.domain.thresholds import ThresholdConfig, parse_threshold_config
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE
+from dict_ratelimit.events.publisher import DEFAULT_PRODUCER_NAME, DEFAULT_TOPIC, PulsarTarget
 from dict_ratelimit.storage.database import create_db_engine, redact
 from dict_ratelimit.thresholds_file import load_threshold_file
 
@@ -181,6 +182,47 @@ def alert_rules_from_env() -> AlertRulesResource:
     return AlertRulesResource(**values)
 
 
+class PulsarResource(dg.ConfigurableResource):
+    """Where alert events go (``DICT_RATELIMIT_PULSAR_*``); no URL = not configured, events
+    stay in the outbox. The token is an ``EnvVar``: never shown in the UI."""
+
+    service_url: str = ""
+    topic: str = DEFAULT_TOPIC
+    producer_name: str = DEFAULT_PRODUCER_NAME
+    timeout_seconds: float = 10.0
+    auth_token: str | None = None
+    batch_limit: int = 500
+    time_budget_seconds: float = 40.0  # well under Dagster's 60 s sensor limit
+
+    def target(self) -> PulsarTarget | None:
+        if not self.service_url:
+            return None
+        return PulsarTarget(
+            service_url=self.service_url,
+            topic=self.topic,
+            producer_name=self.producer_name,
+            timeout_seconds=self.timeout_seconds,
+            auth_token=self.auth_token or None,
+        )
+
+
+def pulsar_from_env() -> PulsarResource:
+    values: dict[str, object] = {}
+    for key, env, cast in (
+        ("topic", "DICT_RATELIMIT_PULSAR_TOPIC", str),
+        ("producer_name", "DICT_RATELIMIT_PULSAR_PRODUCER_NAME", str),
+        ("timeout_seconds", "DICT_RATELIMIT_PULSAR_TIMEOUT_SECONDS", float),
+        ("batch_limit", "DICT_RATELIMIT_PULSAR_BATCH_LIMIT", int),
+    ):
+        if os.environ.get(env):
+            values[key] = cast(os.environ[env])
+    return PulsarResource(
+        service_url=_optional_env("DICT_RATELIMIT_PULSAR_URL") or "",
+        auth_token=_optional_env("DICT_RATELIMIT_PULSAR_TOKEN"),
+        **values,
+    )
+
+
 def default_resources() -> dict[str, object]:
     """Resources of the deployed code location, all read from the environment at run time."""
     return {
@@ -188,4 +230,5 @@ def default_resources() -> dict[str, object]:
         "bridge": bridge_resource_from_env(),
         "thresholds": ThresholdsResource(path=_optional_env("DICT_RATELIMIT_THRESHOLDS_FILE")),
         "alert_rules": alert_rules_from_env(),
+        "pulsar": pulsar_from_env(),
     }

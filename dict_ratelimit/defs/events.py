@@ -1,0 +1,71 @@
+"""``publish_alert_events``: the sensor that moves outbox rows to Pulsar.
+
+Every 30 s it reads unpublished rows in id order (at most ``batch_limit``, within a time
+budget well under Dagster's 60 s sensor limit), sends them, and marks each row published with
+its receipt time. What decides what to send is ``published_at`` in Postgres, not the sensor
+cursor (kept only to show the last id sent): an old or reset cursor re-sends nothing.
+A broker that is down fails the tick with the reason; rows stay unpublished and go out, in
+order, on the first tick that reaches the broker again.
+"""
+
+import time
+
+import dagster as dg
+
+from dict_ratelimit.defs.resources import PostgresResource, PulsarResource
+from dict_ratelimit.events.publisher import publish
+from dict_ratelimit.storage.outbox import backlog, mark_published, record_failure, unpublished
+
+
+class PublishFailed(Exception):
+    """Shown as the sensor tick's error: what was sent, what failed, what waits."""
+
+
+@dg.sensor(
+    name="publish_alert_events",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Publishes alert events from the outbox (dict_ratelimit.alert_event) to "
+    "Pulsar in order, marking each row after the broker's receipt.",
+)
+def publish_alert_events(
+    context: dg.SensorEvaluationContext,
+    postgres: PostgresResource,
+    pulsar: PulsarResource,
+) -> dg.SensorResult:
+    started = time.monotonic()
+    target = pulsar.target()
+    with postgres.engine.connect() as connection:
+        if target is None:
+            waiting = backlog(connection)
+            return dg.SensorResult(
+                skip_reason="Pulsar not configured (DICT_RATELIMIT_PULSAR_URL unset): "
+                f"{waiting} event(s) wait in the outbox"
+            )
+        rows = unpublished(connection, pulsar.batch_limit)
+        if not rows:
+            return dg.SensorResult(skip_reason="outbox empty: nothing to publish")
+        outcome = publish(
+            target,
+            rows,
+            deadline=started + pulsar.time_budget_seconds,
+            log=context.log.info,
+        )
+        with connection.begin():
+            mark_published(connection, outcome.receipts)
+            if outcome.failed_row is not None and outcome.error:
+                record_failure(connection, outcome.failed_row.id, outcome.error)
+        waiting = backlog(connection)
+    sent = len(outcome.receipts)
+    cursor = str(outcome.receipts[-1][0]) if outcome.receipts else context.cursor
+    if outcome.error:
+        raise PublishFailed(
+            f"published {sent} of {len(rows)} event(s) to {target.topic}, then: "
+            f"{outcome.error}; {waiting} event(s) stay in the outbox for the next tick"
+        )
+    first, last = outcome.receipts[0][0], outcome.receipts[-1][0]
+    return dg.SensorResult(
+        skip_reason=f"published {sent} event(s) (outbox ids {first}–{last}) to {target.topic} "
+        f"in {outcome.seconds:.2f} s; {waiting} waiting",
+        cursor=cursor,
+    )
