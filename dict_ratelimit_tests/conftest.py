@@ -22,6 +22,7 @@ from dict_ratelimit.settings import project_root
 from dict_ratelimit.storage.database import create_db_engine, normalize_url, with_database
 from dict_ratelimit.storage.embedded import EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
 MIGRATIONS_DIR = project_root() / "sql"
 TEMPLATE_DB = f"drl_template_{os.getpid()}"
@@ -109,3 +110,10 @@ def engine(db_url: URL) -> Iterator[Engine]:
 @pytest.fixture
 def migrations_dir() -> Path:
     return MIGRATIONS_DIR
+
+
+@pytest.fixture
+def pulsar_broker() -> Iterator[PulsarTestBroker]:
+    """A Pulsar binary-protocol broker on loopback, with deduplication on."""
+    with PulsarTestBroker(deduplication=True) as broker:
+        yield broker

@@ -35,7 +35,8 @@ def publish_alert_events(
 ) -> dg.SensorResult:
     started = time.monotonic()
     target = pulsar.target()
-    with postgres.engine.connect() as connection:
+    engine = postgres.engine
+    with engine.connect() as connection:  # no transaction stays open while we talk to Pulsar
         if target is None:
             waiting = backlog(connection)
             return dg.SensorResult(
@@ -43,18 +44,15 @@ def publish_alert_events(
                 f"{waiting} event(s) wait in the outbox"
             )
         rows = unpublished(connection, pulsar.batch_limit)
-        if not rows:
-            return dg.SensorResult(skip_reason="outbox empty: nothing to publish")
-        outcome = publish(
-            target,
-            rows,
-            deadline=started + pulsar.time_budget_seconds,
-            log=context.log.info,
-        )
-        with connection.begin():
-            mark_published(connection, outcome.receipts)
-            if outcome.failed_row is not None and outcome.error:
-                record_failure(connection, outcome.failed_row.id, outcome.error)
+    if not rows:
+        return dg.SensorResult(skip_reason="outbox empty: nothing to publish")
+    outcome = publish(
+        target, rows, deadline=started + pulsar.time_budget_seconds, log=context.log.info
+    )
+    with engine.begin() as connection:
+        mark_published(connection, outcome.receipts)
+        if outcome.failed_row is not None and outcome.error:
+            record_failure(connection, outcome.failed_row.id, outcome.error)
         waiting = backlog(connection)
     sent = len(outcome.receipts)
     cursor = str(outcome.receipts[-1][0]) if outcome.receipts else context.cursor

@@ -77,7 +77,7 @@ def publish(
         connection_timeout_ms=timeout_ms,
         logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error),
     )
-    current: OutboxRow | None = None
+    current: OutboxRow | None = rows[0] if rows else None  # blamed if no producer comes up
     try:
         producer = client.create_producer(
             target.topic,

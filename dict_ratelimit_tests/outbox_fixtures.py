@@ -1,0 +1,48 @@
+"""Outbox rows from the real alert machine, without a simulator (for publishing tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.engine import Engine
+
+from dict_ratelimit.domain.alerts import AlertRules, Observation, Track, apply_all
+from dict_ratelimit.domain.thresholds import Thresholds, evaluate
+from dict_ratelimit.storage.alerts import save
+
+T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def observation(ispb: str, policy: str, minute: int, ratio: float) -> Observation:
+    capacity = 36_000
+    available = round(ratio * capacity)
+    level, reasons = evaluate(available, capacity, None, Thresholds())
+    return Observation(
+        ispb=ispb,
+        policy=policy,
+        category="A",
+        at=T0 + dt.timedelta(minutes=minute),
+        level=level,
+        available_tokens=available,
+        capacity=capacity,
+        time_to_429_s=None,
+        reasons=tuple(r.as_dict() for r in reasons),
+        clear_ratio=0.30,
+    )
+
+
+#: Per identity: opened, escalated, escalated, de-escalated (after two calm readings), resolved.
+EPISODE = [0.15, 0.05, 0.0, 0.15, 0.15, 0.5, 0.5]
+
+
+def write_episodes(engine: Engine, identities: list[tuple[str, str]]) -> int:
+    """One full episode per identity, interleaved in time; returns the outbox rows written."""
+    tracks, transitions = {}, []
+    for ispb, policy in identities:
+        series = [observation(ispb, policy, 5 * i, r) for i, r in enumerate(EPISODE)]
+        tracks[(ispb, policy)], emitted = apply_all(Track(ispb, policy), series, AlertRules())
+        transitions.extend(emitted)
+    transitions.sort(key=lambda t: t.at)
+    with engine.begin() as connection:
+        save(connection, {}, tracks, transitions, "urn:test")
+    return len(transitions)
