@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.domain.catalog import CATEGORIES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
+from dict_ratelimit.events.cloudevents import TYPE_PREFIX
 from dict_ratelimit.settings import Settings, get_settings
 from dict_ratelimit.storage.database import (
     DatabaseUnavailable,
@@ -25,6 +27,7 @@ from dict_ratelimit.storage.database import (
 )
 from dict_ratelimit.storage.embedded import EmbeddedPostgresError
 from dict_ratelimit.storage.migrations import migrate, migration_status
+from dict_ratelimit.storage.outbox import OutboxRow
 from dict_ratelimit.storage.reports import format_readings, latest_readings
 from dict_ratelimit.storage.server import application_database, embedded_server
 
@@ -278,6 +281,58 @@ def tick() -> None:
     click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILURE'}")
     if not result.success or failed_errors:
         sys.exit(1)
+
+
+@main.group()
+def events() -> None:
+    """Alert events (the outbox that feeds Pulsar)."""
+
+
+def _format_event(row: OutboxRow, as_json: bool) -> str:
+    if as_json:
+        return row.payload
+    data = json.loads(row.payload)["data"]
+    state = "published" if row.published_at else "waiting"
+    return (
+        f"{row.occurred_at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z #{row.id} "
+        f"{row.type.removeprefix(TYPE_PREFIX):<28} {row.ispb}/{row.policy} "
+        f"{data.get('severity') or '-':<9} [{state}] {data['message']}"
+    )
+
+
+@events.command("tail")
+@click.option("--follow/--no-follow", "-f", default=True, help="Keep printing new events.")
+@click.option("--last", "last", default=20, show_default=True, help="Events to show first.")
+@click.option("--all", "include_unpublished", is_flag=True,
+              help="Include events not yet taken by Pulsar.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the CloudEvents documents.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls.")
+def events_tail(
+    follow: bool, last: int, include_unpublished: bool, as_json: bool, interval: float
+) -> None:
+    """Print alert events as they are published (read from the outbox), oldest first."""
+    import time
+
+    from dict_ratelimit.storage.outbox import events_after
+
+    published_only = not include_unpublished
+    with _database(_settings()) as (_url, engine):
+        with engine.connect() as connection:
+            newest = connection.exec_driver_sql(
+                "SELECT coalesce(max(id), 0) FROM dict_ratelimit.alert_event"
+            ).scalar_one()
+            recent = events_after(connection, 0, 10**9, published_only=published_only)[-last:]
+            connection.rollback()
+        for row in recent:
+            click.echo(_format_event(row, as_json))
+        cursor = recent[-1].id if recent else newest
+        while follow:
+            time.sleep(interval)
+            with engine.connect() as connection:
+                rows = events_after(connection, cursor, 1000, published_only=published_only)
+            for row in rows:
+                click.echo(_format_event(row, as_json))
+                cursor = row.id
 
 
 if __name__ == "__main__":  # pragma: no cover

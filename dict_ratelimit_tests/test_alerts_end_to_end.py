@@ -117,7 +117,7 @@ def test_the_unique_index_rejects_a_second_open_episode_from_concurrent_writers(
             with engine.begin() as connection:  # waits on the first writer's uncommitted row
                 connection.execute(insert, {"key": "b"})
             outcome["second"] = None
-        except BaseException as error:  # noqa: BLE001 - the test inspects it
+        except BaseException as error:
             outcome["second"] = error
 
     thread = threading.Thread(target=second_writer)

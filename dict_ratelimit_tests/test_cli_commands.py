@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.cli import main
@@ -98,3 +99,28 @@ def test_tick_without_a_bridge_says_what_is_missing(monkeypatch: pytest.MonkeyPa
     get_settings.cache_clear()
     assert result.exit_code == 1
     assert "DICT_RATELIMIT_BRIDGE_TARGET is not set" in result.output
+
+
+def test_events_tail_prints_published_events_and_with_all_the_waiting_ones(
+    db_url: URL, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dict_ratelimit_tests.outbox_fixtures import write_episodes
+
+    written = write_episodes(engine, [("12345678", "KEYS_CHECK")])
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE dict_ratelimit.alert_event SET published_at = now() WHERE id <= 2"
+        )
+    monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    published = CliRunner().invoke(main, ["events", "tail", "--no-follow"])
+    assert published.exit_code == 0, published.output
+    lines = published.output.splitlines()
+    assert len(lines) == 2
+    assert "alert.opened" in lines[0] and "12345678/KEYS_CHECK" in lines[0]
+    assert "WARNING" in lines[0] and "[published]" in lines[0]
+    everything = CliRunner().invoke(main, ["events", "tail", "--no-follow", "--all", "--json"])
+    documents = [json.loads(line) for line in everything.output.splitlines()]
+    assert len(documents) == written
+    assert documents[-1]["type"].endswith("alert.resolved")
+    get_settings.cache_clear()

@@ -8,10 +8,11 @@ import datetime as dt
 import time
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from dict_ratelimit.defs.resources import PostgresResource
 from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
+from dict_ratelimit.storage.outbox import purge_published
 from dict_ratelimit.storage.partitions import apply_retention
 
 FINISHED_STATUSES = [
@@ -34,6 +35,11 @@ class RetentionConfig(dg.Config):
     dagster_run_retention_days: int = Field(
         default=90, description="Delete finished Dagster runs older than this; 0 keeps them all"
     )
+    published_events_days: int = Field(
+        default=7,
+        description="Delete alert events published more than this many days ago (outbox); "
+        "unpublished events are never deleted",
+    )
     today: str | None = Field(
         default=None, description="ISO date to act as 'today' (UTC); default: the real date"
     )
@@ -52,11 +58,11 @@ class RetentionConfig(dg.Config):
             raise ValueError(f"months_ahead must be between 0 and {MAX_MONTHS_AHEAD}, got {value}")
         return value
 
-    @field_validator("dagster_run_retention_days")
+    @field_validator("dagster_run_retention_days", "published_events_days")
     @classmethod
-    def _non_negative(cls, value: int) -> int:
+    def _non_negative(cls, value: int, info: ValidationInfo) -> int:
         if value < 0:
-            raise ValueError(f"dagster_run_retention_days must be >= 0, got {value}")
+            raise ValueError(f"{info.field_name} must be >= 0, got {value}")
         return value
 
     @field_validator("today")
@@ -111,6 +117,11 @@ def maintain_partitions(
     runs_deleted = purge_old_runs(
         context.instance, config.dagster_run_retention_days, dt.datetime.now(dt.timezone.utc)
     )
+    with postgres.engine.begin() as connection:
+        events_purged = purge_published(
+            connection,
+            dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=config.published_events_days),
+        )
     for name in changes.created:
         context.log.info(f"created partition {name}")
     for name in changes.dropped:
@@ -125,6 +136,7 @@ def maintain_partitions(
         "kept": changes.kept,
         "unmanaged": changes.unmanaged,
         "dagster_runs_deleted": runs_deleted,
+        "published_events_purged": events_purged,
     }
     context.add_output_metadata(
         {
@@ -137,6 +149,7 @@ def maintain_partitions(
             "dropped": dg.MetadataValue.json(changes.dropped),
             "unmanaged": dg.MetadataValue.json(changes.unmanaged),
             "dagster_runs_deleted": runs_deleted,
+            "published_events_purged": events_purged,
             "partition_maintenance_seconds": round(partitions_seconds, 3),
         }
     )
