@@ -10,10 +10,12 @@ started it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +120,33 @@ def wait_for_grpc_health(target: str, process: subprocess.Popen, timeout: float)
     return False
 
 
+def start_embedded_pulsar(settings: Settings) -> tuple[subprocess.Popen, str] | None:
+    """The ``pulsar-lite`` broker (demo only: no deduplication) on a free loopback port, with
+    its data under the data dir; None when the wheel is not installed (not Linux x86-64)."""
+    try:
+        from pulsar_lite.binary_finder import find_pulsar_lite_binary
+    except ImportError:
+        return None
+    port = free_port()
+    data = settings.data_dir / "pulsar"
+    data.mkdir(parents=True, exist_ok=True)
+    log = (data / "pulsar-lite.log").open("ab")
+    process = subprocess.Popen(
+        [find_pulsar_lite_binary(), "--addr", f"127.0.0.1:{port}", "--db-path",
+         str(data / "broker.db"), "--log-level", "warn"],
+        stdout=log, stderr=log, cwd=data, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"pulsar-lite exited with {process.returncode}; see {data}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.25):
+            return process, f"pulsar://127.0.0.1:{port}"
+        time.sleep(0.1)
+    _stop_process_group(process)
+    raise RuntimeError(f"pulsar-lite did not listen on 127.0.0.1:{port} within 15 s")
+
+
 def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
     """Bring the system up and block until interrupted; returns Dagster's exit code."""
     t0 = time.monotonic()
@@ -158,6 +187,16 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
                 f"participants {settings.simulator_participants}",
                 flush=True,
             )
+        if os.environ.get("DICT_RATELIMIT_PULSAR_URL"):
+            print(f"Pulsar: {os.environ['DICT_RATELIMIT_PULSAR_URL']}", flush=True)
+        else:
+            pulsar = start_embedded_pulsar(settings)
+            if pulsar is not None:
+                children.append(pulsar[0])
+                env["DICT_RATELIMIT_PULSAR_URL"] = pulsar[1]
+                print(f"Pulsar (embedded pulsar-lite): {pulsar[1]}", flush=True)
+            else:
+                print("Pulsar: not configured; alert events stay in the outbox", flush=True)
         command = [
             sys.executable,
             "-m",
