@@ -167,3 +167,23 @@ def test_a_lost_receipt_without_deduplication_repeats_the_same_cloudevents_id(
     assert len(set(ids)) == written  # ... carrying the same id: consumers dedupe on it
     [duplicate] = [i for i in set(ids) if ids.count(i) == 2]
     assert duplicate == ids[0]
+
+
+def test_a_receipt_slower_than_the_timeout_keeps_the_row_and_it_goes_out_once_later(
+    db_url: URL, engine: Engine, pulsar_broker: PulsarTestBroker, consumer: pulsar.Consumer
+) -> None:
+    written = write_episodes(engine, IDENTITIES)
+    pulsar_broker.receipt_delay = 4.0  # the publisher's send timeout is 3 s
+    with pytest.raises(PublishFailed, match="published 0 of"):
+        evaluate(db_url, pulsar_broker.url)
+    rows = outbox(engine)
+    assert all(row.published_at is None for row in rows)
+    assert "Timeout" in rows[0].last_error
+
+    pulsar_broker.receipt_delay = 0.0
+    evaluate(db_url, pulsar_broker.url)
+    assert all(row.published_at is not None for row in outbox(engine))
+    messages = drain(consumer, written)
+    ids = [json.loads(m.data())["id"] for m in messages]
+    # the first event reached the broker in the slow attempt too; deduplication kept one copy
+    assert ids == [row.event_id for row in rows]
