@@ -6,7 +6,8 @@ Starts its own embedded PostgreSQL (fsync on, as in dev) and a simulator on loop
 ticks per size (each tick 300 simulated seconds after the previous one; the simulator replays
 that traffic before the clock starts, since a real Bridge has no such cost) and prints the
 median and max of: the concurrent ListPolicies sweep (gRPC + validation), the insert
-transaction, and the whole asset body measured by a monitor_job run. Results are recorded in
+transaction, the whole asset body measured by a monitor_job run, and the alerts step
+(load + compute + write of the alert machine, from its metadata). Results are recorded in
 docs/measurements.md by hand, with the machine they ran on.
 """
 
@@ -39,7 +40,7 @@ def bench_size(url: str, participants: int, repeat: int) -> dict[str, float]:
     simulator = Simulator(dict.fromkeys(ispbs, "A"), load_scenario("steady"), clock)
     server, port, _ = start_server(simulator, max_workers=32)
     engine = create_db_engine(url)
-    sweeps, inserts, bodies = [], [], []
+    sweeps, inserts, bodies, alert_steps = [], [], [], []
     try:
         with BridgeClient(f"127.0.0.1:{port}") as client:
             for _ in range(repeat):
@@ -75,6 +76,11 @@ def bench_size(url: str, participants: int, repeat: int) -> dict[str, float]:
             )
             [materialization] = run.asset_materializations_for_node("policy_snapshots")
             bodies.append(materialization.metadata["total_seconds"].value)
+            [alerts] = run.asset_materializations_for_node("alerts")
+            alert_steps.append(
+                sum(alerts.metadata[k].value for k in ("load_seconds", "compute_seconds",
+                                                        "write_seconds"))
+            )  # fmt: skip
     finally:
         engine.dispose()
         server.stop(None)
@@ -84,6 +90,7 @@ def bench_size(url: str, participants: int, repeat: int) -> dict[str, float]:
         "insert_median": statistics.median(inserts),
         "insert_max": max(inserts),
         "asset_body_median": statistics.median(bodies),
+        "alerts_median": statistics.median(alert_steps),
     }
 
 
@@ -95,14 +102,15 @@ def main() -> None:
     with bench_database() as (url, _engine):
         print(
             f"{'participants':>12} {'rows':>6} {'sweep p50':>10} {'sweep max':>10} "
-            f"{'insert p50':>10} {'insert max':>10} {'asset body p50':>15}"
+            f"{'insert p50':>10} {'insert max':>10} {'asset body p50':>15} {'alerts p50':>11}"
         )
         for size in (int(n) for n in args.participants.split(",")):
             r = bench_size(url.render_as_string(hide_password=False), size, args.repeat)
             print(
                 f"{size:>12} {size * 28:>6} {r['sweep_median']:>9.3f}s "
                 f"{r['sweep_max']:>9.3f}s {r['insert_median']:>9.3f}s "
-                f"{r['insert_max']:>9.3f}s {r['asset_body_median']:>14.3f}s",
+                f"{r['insert_max']:>9.3f}s {r['asset_body_median']:>14.3f}s "
+                f"{r['alerts_median']:>10.3f}s",
                 flush=True,
             )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -503,3 +503,45 @@ def apply_all(
         track, emitted = apply(track, obs, rules)
         transitions.extend(emitted)
     return track, transitions
+
+
+def advance(
+    tracks: dict[tuple[str, str], Track],
+    observations: Sequence[Observation],
+    participants: Iterable[str],
+    now: dt.datetime,
+    rules: AlertRules,
+) -> tuple[dict[tuple[str, str], Track], list[Transition]]:
+    """One tick for every identity: feed each its new evaluations, check staleness, then the
+    participant-level tracks. Returns the new tracks and the transitions in the order to
+    publish them (time order; per identity the order they happened)."""
+    by_identity: dict[tuple[str, str], list[Observation]] = {}
+    for obs in observations:
+        by_identity.setdefault((obs.ispb, obs.policy), []).append(obs)
+    updated = dict(tracks)
+    transitions: list[Transition] = []
+    for identity, batch in by_identity.items():
+        track = updated.get(identity) or Track(*identity)
+        updated[identity], emitted = apply_all(track, batch, rules)
+        transitions.extend(emitted)
+    newest: dict[str, tuple[dt.datetime, str | None]] = {}
+    for (ispb, policy), track in updated.items():
+        if policy == PARTICIPANT:
+            continue
+        track, emitted = check_stale(track, now, rules)
+        updated[(ispb, policy)] = track
+        transitions.extend(emitted)
+        if track.last_observed_at is not None and (
+            ispb not in newest or track.last_observed_at > newest[ispb][0]
+        ):
+            newest[ispb] = (track.last_observed_at, track.category)
+    # the monitored participants; without a list, every participant the tracks know
+    watched = set(participants) or {ispb for ispb, policy in updated if policy != PARTICIPANT}
+    for ispb in sorted(watched):
+        identity = (ispb, PARTICIPANT)
+        track = updated.get(identity) or Track(ispb, PARTICIPANT)
+        newest_at, category = newest.get(ispb, (None, None))
+        updated[identity], emitted = check_participant(track, newest_at, category, now, rules)
+        transitions.extend(emitted)
+    transitions.sort(key=lambda t: t.at)  # stable: keeps per-identity order at equal times
+    return updated, transitions
