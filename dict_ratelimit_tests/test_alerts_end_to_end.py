@@ -209,3 +209,23 @@ def test_retention_purges_only_published_events_past_their_days(
             sa.text("SELECT count(*) FROM dict_ratelimit.alert_event")
         ).scalar_one()
     assert purged == 2 and left == written - 2  # unpublished rows are never purged
+
+
+def test_a_category_change_is_published_as_its_own_event(db_url: URL, engine: Engine) -> None:
+    with running_simulator(PARTICIPANTS, "steady") as sim:
+        resources = monitor_resources(sim, db_url, list(PARTICIPANTS))
+        assert run_tick(sim, resources).success
+        sim.simulator.set_category("87654321", "C")
+        sim.advance(300)
+        assert run_tick(sim, resources).success
+        sim.advance(300)
+        assert run_tick(sim, resources).success  # the new category again: no second event
+    changes = [e for e in _events(engine) if e["type"].endswith("participant.category_changed")]
+    assert len(changes) == 1
+    [change] = changes
+    jsonschema.validate(change, load_schema(), format_checker=jsonschema.FormatChecker())
+    data = change["data"]
+    assert (data["participant"], data["previous_category"], data["category"]) == (
+        "87654321", "D", "C",
+    )  # fmt: skip
+    assert change["subject"] == "87654321" and data["policy"] == "*"
