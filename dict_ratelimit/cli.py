@@ -283,6 +283,27 @@ def tick() -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, envvar="DICT_RATELIMIT_EXPORTER_HOST"
+)
+@click.option("--port", default=9464, show_default=True, envvar="DICT_RATELIMIT_EXPORTER_PORT",
+              help="0 = any free port (printed)")  # fmt: skip
+def exporter(host: str, port: int) -> None:
+    """Serve Prometheus metrics read from the database at scrape time (until Ctrl-C)."""
+    from dict_ratelimit.exporter.server import start_exporter
+
+    settings = _settings()
+    with _database(settings) as (_url, engine):
+        server, _thread = start_exporter(engine, host, port)
+        click.echo(f"exporter serving http://{host}:{server.server_port}/metrics", err=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        server.shutdown()
+
+
 @main.group()
 def events() -> None:
     """Alert events (the outbox that feeds Pulsar)."""

@@ -20,6 +20,7 @@ from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
 from dict_ratelimit.domain.readings import shape_changes, vanished_policies
 from dict_ratelimit.storage.metrics import store_request_stats
 from dict_ratelimit.storage.snapshots import previous_readings, store_readings
+from dict_ratelimit.storage.ticks import record_tick
 
 DICT_BRIDGE = dg.AssetSpec(
     "dict_bridge",
@@ -99,13 +100,27 @@ def policy_snapshots(
     finally:
         client.close()
 
+    failures_by_class: dict[str, int] = {}
+    for failure in result.failures.values():
+        failures_by_class[failure.error_class] = failures_by_class.get(failure.error_class, 0) + 1
+    tick = {
+        "polled_at": result.polled_at,
+        "participants": len(ispbs),
+        "answered": len(result.readings),
+        "failed": len(result.failures),
+        "readings": len(result.all_readings),
+        "bridge_errors": failures_by_class,
+        "bridge_seconds": bridge_seconds,
+    }
     if (
         not result.readings
         and result.failures
         and all(f.retryable for f in result.failures.values())
     ):
         # Nobody answered and it may be transient (Bridge restarting, DICT 503): retry the
-        # whole step rather than report a tick of nothing.
+        # whole step rather than report a tick of nothing (the failed sweep is still counted).
+        with _retry_if_database_down(context, bridge), postgres.engine.begin() as connection:
+            record_tick(connection, duration_seconds=time.perf_counter() - started, **tick)
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=bridge.retry_wait_seconds)
 
     insert_started = time.perf_counter()
@@ -113,6 +128,7 @@ def policy_snapshots(
         with postgres.engine.begin() as connection:
             inserted = store_readings(connection, result.all_readings)
             stats_rows = store_request_stats(connection, result.request_stats_rows())
+            record_tick(connection, duration_seconds=time.perf_counter() - started, **tick)
     insert_seconds = time.perf_counter() - insert_started
 
     answered = set(result.readings)
@@ -125,9 +141,6 @@ def policy_snapshots(
 
     response_times = sorted({r.response_time for r in result.all_readings})
     latencies = list(result.latency_seconds.values())
-    failures_by_class: dict[str, int] = {}
-    for failure in result.failures.values():
-        failures_by_class[failure.error_class] = failures_by_class.get(failure.error_class, 0) + 1
     metadata: dict[str, object] = {
         "rows_inserted": inserted,
         "request_stats_rows": stats_rows,

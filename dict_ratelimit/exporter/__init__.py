@@ -1,1 +1,1 @@
-"""exporter"""
+"""Prometheus exporter: series read from Postgres at scrape time."""

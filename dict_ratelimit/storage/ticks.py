@@ -1,0 +1,46 @@
+"""``monitor_tick``: one row per sweep (durations, answered/failed, Bridge errors by class)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dict_ratelimit.storage.bulk import ensure_month_partitions
+
+
+def record_tick(
+    connection: Connection,
+    *,
+    polled_at: dt.datetime,
+    participants: int,
+    answered: int,
+    failed: int,
+    readings: int,
+    bridge_errors: Mapping[str, int],
+    bridge_seconds: float,
+    duration_seconds: float,
+) -> None:
+    """Store one sweep (caller's transaction); the same ``polled_at`` twice is kept once."""
+    ensure_month_partitions(connection, "monitor_tick", [polled_at])
+    connection.execute(
+        sa.text(
+            "INSERT INTO dict_ratelimit.monitor_tick (polled_at, participants, answered, failed, "
+            "readings, bridge_errors, bridge_seconds, duration_seconds) VALUES (:polled_at, "
+            ":participants, :answered, :failed, :readings, CAST(:errors AS jsonb), "
+            ":bridge_seconds, :duration_seconds) ON CONFLICT (polled_at) DO NOTHING"
+        ),
+        {
+            "polled_at": polled_at,
+            "participants": participants,
+            "answered": answered,
+            "failed": failed,
+            "readings": readings,
+            "errors": json.dumps(dict(bridge_errors)),
+            "bridge_seconds": bridge_seconds,
+            "duration_seconds": duration_seconds,
+        },
+    )

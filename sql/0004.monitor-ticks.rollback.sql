@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS dict_ratelimit.monitor_tick;
