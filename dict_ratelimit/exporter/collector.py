@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Connection, Engine
 
+from dict_ratelimit.bridge.errors import PERMANENT_CODES, RETRYABLE_CODES
 from dict_ratelimit.domain.thresholds import Level
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 PREFIX = "dict_rate_limit_"
 POLICY_LABELS = ["ispb", "policy", "category"]
 MONITOR_BUDGET_POLICIES = ("POLICIES_LIST", "POLICIES_READ")
+#: Every class a sweep can report (gRPC codes, an invalid reading, an unknown error): each
+#: gets its counter at 0, so ``increase()`` sees the first error.
+ERROR_CLASSES = sorted(
+    {code.name.lower() for code in RETRYABLE_CODES | PERMANENT_CODES} | {"invalid_reading", "error"}
+)
 
 _LATEST = """
 SELECT h.ispb, h.policy, coalesce(pa.category, '?') AS category, h.available_tokens,
@@ -69,6 +75,7 @@ SELECT count(*) AS ticks, coalesce(sum(failed), 0) AS failed FROM dict_ratelimit
 _BRIDGE_ERRORS = """
 SELECT e.key AS error_class, sum(e.value::bigint) AS n
 FROM dict_ratelimit.monitor_tick AS t, jsonb_each_text(t.bridge_errors) AS e
+WHERE t.failed > 0
 GROUP BY e.key
 """
 
@@ -322,5 +329,8 @@ class DictRateLimitCollector(Collector):
             "Participants whose Bridge call failed, by error class",
             ["error_class"],
         )
+        counts = dict.fromkeys(ERROR_CLASSES, 0)  # a counter that exists from 0 on
         for row in connection.execute(sa.text(_BRIDGE_ERRORS)):
-            errors.add_metric([row.error_class], int(row.n))
+            counts[row.error_class] = int(row.n)
+        for error_class, count in sorted(counts.items()):
+            errors.add_metric([error_class], count)
