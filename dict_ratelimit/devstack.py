@@ -147,6 +147,20 @@ def start_embedded_pulsar(settings: Settings) -> tuple[subprocess.Popen, str] | 
     raise RuntimeError(f"pulsar-lite did not listen on 127.0.0.1:{port} within 15 s")
 
 
+def start_exporter_process(settings: Settings, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``dict-ratelimit exporter`` as a child process, once ``/metrics`` answers."""
+    port = settings.exporter_port or free_port()
+    url = f"http://{settings.exporter_host}:{port}/metrics"
+    command = [sys.executable, "-m", "dict_ratelimit.cli", "exporter",
+               "--host", settings.exporter_host, "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    if wait_until_ready(url, process, timeout=30) is None:
+        _stop_process_group(process)
+        raise RuntimeError(f"the exporter did not answer on {url} (port taken? set "
+                           "DICT_RATELIMIT_EXPORTER_PORT)")  # fmt: skip
+    return process, url
+
+
 def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
     """Bring the system up and block until interrupted; returns Dagster's exit code."""
     t0 = time.monotonic()
@@ -197,6 +211,9 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
                 print(f"Pulsar (embedded pulsar-lite): {pulsar[1]}", flush=True)
             else:
                 print("Pulsar: not configured; alert events stay in the outbox", flush=True)
+        exporter, metrics_url = start_exporter_process(settings, env)
+        children.append(exporter)
+        print(f"Prometheus exporter: {metrics_url}", flush=True)
         command = [
             sys.executable,
             "-m",

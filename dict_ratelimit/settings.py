@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     )
     dagster_host: str = "127.0.0.1"
     dagster_port: int = Field(default=3000, ge=1, le=65535)
+    exporter_host: str = "127.0.0.1"
+    exporter_port: int = Field(
+        default=9464, ge=0, le=65535, description="Prometheus exporter port (0 = any free port)"
+    )
     monitor_cron: str = Field(
         default="*/5 * * * *", description="Cron (UTC) of the monitor tick schedule."
     )

@@ -201,9 +201,6 @@ class DictRateLimitCollector(Collector):
         level = f.gauge(
             "level", "Threshold level: 0 OK, 1 WARNING, 2 CRITICAL, 3 EXHAUSTED", labels
         )
-        reading_age = f.gauge(
-            "reading_age_seconds", "Age of the newest evaluated reading of the policy", labels
-        )
         budget = f.gauge(
             "monitor_budget_tokens",
             "The monitor's own POLICIES_LIST / POLICIES_READ tokens left",
@@ -249,7 +246,6 @@ class DictRateLimitCollector(Collector):
             if row.level is not None:
                 level.add_metric(values, float(Level[row.level]))
             reading_time = float(row.reading_time)
-            reading_age.add_metric(values, max(0.0, now - reading_time))
             key = (row.ispb, row.category)
             newest[key] = max(newest.get(key, 0.0), reading_time)
             if row.policy in MONITOR_BUDGET_POLICIES:
