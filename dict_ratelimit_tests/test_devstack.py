@@ -71,17 +71,20 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
 
 def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     port = free_port()
+    exporter_port = free_port()
     data_dir = tmp_path / "data"
     env = {
         **os.environ,
         "DICT_RATELIMIT_DATA_DIR": str(data_dir),
         "DICT_RATELIMIT_DAGSTER_PORT": str(port),
+        "DICT_RATELIMIT_EXPORTER_PORT": str(exporter_port),
         "PYTHONUNBUFFERED": "1",
     }
     for inherited in (
         "DAGSTER_HOME",
         "DICT_RATELIMIT_BRIDGE_TARGET",
         "DICT_RATELIMIT_PARTICIPANTS",
+        "DICT_RATELIMIT_PULSAR_URL",
     ):
         env.pop(inherited, None)
     embedded = not env.get("DATABASE_URL")
@@ -106,6 +109,15 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
         assert schedules["retention_daily"] == "RUNNING"
         assert schedules["monitor_every_5_minutes"] == "RUNNING"
+        assert schedules["alert_watchdog"] == "RUNNING"
+        sensors = _graphql(
+            port,
+            "{ repositoriesOrError { ... on RepositoryConnection { nodes { "
+            "sensors { name sensorState { status } } } } } }",
+        )["repositoriesOrError"]["nodes"][0]["sensors"]
+        assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
+            "publish_alert_events": "RUNNING"
+        }
 
         assert _launch_and_wait(port, "retention_job") == "SUCCESS"
         today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
@@ -126,11 +138,19 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
             engine.dispose()
             # the demo's two participants, 28 policies each, per tick (the schedule may add one)
             assert stored[0] == 2 and stored[1] >= 56 and stored[1] % 56 == 0
+        # the exporter serves the stored readings
+        metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            metrics = response.read().decode()
+        assert "dict_rate_limit_exporter_database_up 1.0" in metrics
+        assert 'dict_rate_limit_available_tokens{category="A",ispb="12345678"' in metrics
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=90)
     assert process.returncode == 0, output[-3000:]
     assert "DICT simulator on 127.0.0.1:" in "".join(early)
+    assert f"Prometheus exporter: http://127.0.0.1:{exporter_port}/metrics" in "".join(early)
+    assert "Pulsar (embedded pulsar-lite): pulsar://127.0.0.1:" in "".join(early)
     if embedded:
         assert "embedded PostgreSQL stopped" in output
         assert EmbeddedPostgres(data_dir / "postgres").running_server() is None
