@@ -1,0 +1,81 @@
+"""Our text exposition parses to exactly what prometheus_client's generate_latest produces."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from wsgiref.util import setup_testing_defaults
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+from dict_ratelimit.exporter.exposition import CONTENT_TYPE, metrics_app, render
+
+
+def families() -> list:
+    gauge = GaugeMetricFamily(
+        "dict_rate_limit_available_tokens",
+        'Tokens left "now"\\ with a\nnewline',
+        labels=["ispb", "policy"],
+    )
+    gauge.add_metric(["12345678", "KEYS_CHECK"], 49050.0)
+    gauge.add_metric(["12345678", 'odd "value"\\ \n here'], -1.0)
+    gauge.add_metric(["12345678", "TINY"], 1e-05)
+    gauge.add_metric(["12345678", "HUGE"], 1.5e17)
+    gauge.add_metric(["12345678", "INF"], math.inf)
+    gauge.add_metric(["12345678", "NAN"], math.nan)
+    counter = CounterMetricFamily("dict_rate_limit_bridge_errors", "errors", labels=["error_class"])
+    counter.add_metric(["unavailable"], 3)
+    plain = GaugeMetricFamily("dict_rate_limit_exporter_database_up", "up")
+    plain.add_metric([], 1)
+    return [gauge, counter, plain]
+
+
+def parsed(text: str) -> list[tuple]:
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            value = "nan" if math.isnan(s.value) else s.value
+            out.append((family.name, family.type, family.documentation, s.name,
+                        tuple(sorted(s.labels.items())), value))  # fmt: skip
+    return out
+
+
+class _Registry:
+    def collect(self):  # type: ignore[no-untyped-def]
+        return iter(families())
+
+
+def test_render_parses_like_generate_latest() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Registry())
+    expected = parsed(generate_latest(registry).decode())
+    assert parsed(render(families()).decode()) == expected
+    assert len(expected) == 8
+
+
+def _call(app, path: str, encoding: str = "") -> tuple[str, dict, bytes]:  # type: ignore[no-untyped-def]
+    environ: dict = {"PATH_INFO": path, "HTTP_ACCEPT_ENCODING": encoding}
+    setup_testing_defaults(environ)
+    environ["wsgi.input"] = io.BytesIO()
+    captured: dict = {}
+
+    def start_response(status: str, headers: list) -> None:
+        captured["status"], captured["headers"] = status, dict(headers)
+
+    body = b"".join(app(environ, start_response))
+    return captured["status"], captured["headers"], body
+
+
+def test_the_app_serves_metrics_gzipped_when_asked_and_404_elsewhere() -> None:
+    app = metrics_app(lambda: iter(families()))
+    status, headers, body = _call(app, "/metrics", "gzip, deflate")
+    assert status == "200 OK" and headers["Content-Type"] == CONTENT_TYPE
+    assert headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(body) == render(families())
+    status, headers, body = _call(app, "/metrics")
+    assert "Content-Encoding" not in headers and body == render(families())
+    status, _, _ = _call(app, "/other")
+    assert status.startswith("404")
