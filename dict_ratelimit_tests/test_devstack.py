@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
@@ -142,8 +143,18 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as response:
             metrics = response.read().decode()
-        assert "dict_rate_limit_exporter_database_up 1.0" in metrics
-        assert 'dict_rate_limit_available_tokens{category="A",ispb="12345678"' in metrics
+        samples = [
+            sample
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+        ]
+        assert ("dict_rate_limit_exporter_database_up", 1.0) in {
+            (s.name, s.value) for s in samples if not s.labels
+        }
+        tokens = [s for s in samples if s.name == "dict_rate_limit_available_tokens"]
+        assert {(s.labels["ispb"], s.labels["category"]) for s in tokens} == {
+            ("12345678", "A"), ("23456789", "D"),
+        }  # fmt: skip
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=90)
