@@ -26,224 +26,31 @@ Everything here is a pure function of the state it is given; storage lives elsew
 from __future__ import annotations
 
 import datetime as dt
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from dict_ratelimit.domain.alert_messages import clock, compose_message, duration
+from dict_ratelimit.domain.alert_model import (
+    PARTICIPANT,
+    AlertRules,
+    AlertRulesError,
+    Episode,
+    Kind,
+    Observation,
+    Status,
+    Track,
+    Transition,
+    episode_key,
+    iso,
+)
 from dict_ratelimit.domain.thresholds import Level
 
-#: The policy name of a participant-level alert (monitor NODATA) and of the category track.
-PARTICIPANT = "*"
-
-
-class AlertRulesError(ValueError):
-    """Invalid alert rules; the message names the field."""
-
-
-class Kind(str, Enum):
-    """What happened to an episode (the CloudEvents type suffix)."""
-
-    OPENED = "alert.opened"
-    ESCALATED = "alert.escalated"
-    DEESCALATED = "alert.deescalated"
-    RESOLVED = "alert.resolved"
-    NODATA = "alert.nodata"
-    DATA_RESTORED = "alert.data_restored"
-    CATEGORY_CHANGED = "participant.category_changed"
-
-
-class Status(str, Enum):
-    OPEN = "open"
-    NODATA = "nodata"
-    RESOLVED = "resolved"
-
-
-@dataclass(frozen=True)
-class AlertRules:
-    """When episodes open, resolve and go stale."""
-
-    fire_after: int = 1
-    clear_after: int = 2
-    stale_after: dt.timedelta = dt.timedelta(minutes=15)
-
-    def validate(self) -> AlertRules:
-        if self.fire_after < 1:
-            raise AlertRulesError(f"fire_after must be >= 1, got {self.fire_after}")
-        if self.clear_after < 1:
-            raise AlertRulesError(f"clear_after must be >= 1, got {self.clear_after}")
-        if self.stale_after <= dt.timedelta(0):
-            raise AlertRulesError(f"stale_after must be positive, got {self.stale_after}")
-        return self
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One threshold evaluation with the reading and forecast behind it."""
-
-    ispb: str
-    policy: str
-    category: str
-    at: dt.datetime  # DICT ResponseTime of the reading
-    level: Level
-    available_tokens: int
-    capacity: int
-    time_to_429_s: float | None
-    reasons: tuple[Mapping[str, str], ...]
-    clear_ratio: float
-    demand_per_min: float | None = None
-    refill_per_min: float | None = None
-
-    @property
-    def remaining_ratio(self) -> float:
-        return self.available_tokens / self.capacity
-
-    @property
-    def has_forecast_reason(self) -> bool:
-        return any(reason.get("code") == "time_to_429" for reason in self.reasons)
-
-    @property
-    def is_clear(self) -> bool:
-        """Safe enough to count towards resolving: past the clear threshold, no forecast."""
-        return (
-            self.level == Level.OK
-            and self.remaining_ratio > self.clear_ratio
-            and not self.has_forecast_reason
-        )
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One alert, from opening to resolution. ``key`` is deterministic (identity + opening
-    time), so re-applying the same evaluations yields the same events with the same ids."""
-
-    key: str
-    ispb: str
-    policy: str
-    category: str | None
-    opened_at: dt.datetime
-    status: Status
-    severity: Level
-    peak_severity: Level
-    last_observed_at: dt.datetime
-    lowest_remaining_ratio: float | None
-    lowest_available_tokens: int | None
-    severity_history: tuple[tuple[str, str], ...]  # (ISO time, severity or NODATA/RESOLVED)
-    reasons: tuple[Mapping[str, str], ...]
-    message: str
-    sequence: int  # transitions emitted so far (the last event's sequence)
-    clear_streak: int = 0
-    resolved_at: dt.datetime | None = None
-    calm_streak: int = 0  # consecutive readings below the current severity
-    calm_level: Level | None = None  # the worst of those readings
-
-    @property
-    def is_open(self) -> bool:
-        return self.status != Status.RESOLVED
-
-
-@dataclass(frozen=True)
-class Track:
-    """What the machine remembers about one identity between evaluations."""
-
-    ispb: str
-    policy: str
-    last_observed_at: dt.datetime | None = None
-    category: str | None = None
-    fire_streak: int = 0
-    episode: Episode | None = None  # the open episode, if any
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One change worth telling the notification service about."""
-
-    kind: Kind
-    at: dt.datetime
-    ispb: str
-    policy: str
-    episode: Episode | None  # the episode after the change; None for a category change
-    severity: Level | None
-    previous_severity: Level | None
-    observation: Observation | None
-    message: str
-    previous_category: str | None = None
-    category: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def event_id(self) -> str:
-        """Deterministic per transition: ``<alert key>:<sequence>``."""
-        if self.episode is not None:
-            return f"{self.episode.key}:{self.episode.sequence}"
-        return f"{self.ispb}/category/{_stamp(self.at)}"
-
-
-def _stamp(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _iso(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _clock(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def episode_key(ispb: str, policy: str, opened_at: dt.datetime) -> str:
-    return f"{ispb}/{policy}/{_stamp(opened_at)}"
-
-
-def describe(obs: Observation) -> str:
-    """The reading in words: where the bucket is and the forecast."""
-    text = f"{obs.remaining_ratio:.1%} left ({obs.available_tokens:,} of {obs.capacity:,} tokens)"
-    if obs.time_to_429_s is not None and math.isfinite(obs.time_to_429_s):
-        text += f"; first 429 expected in {_duration(obs.time_to_429_s)}"
-    return text
-
-
-def _message(kind: Kind, episode: Episode, obs: Observation | None, now: dt.datetime) -> str:
-    """The sentence the notification service shows as is."""
-    where = f"{episode.policy} of participant {episode.ispb}"
-    since = _duration((now - episode.opened_at).total_seconds())
-    if kind == Kind.OPENED:
-        assert obs is not None
-        return f"{episode.severity.name}: {where} at {describe(obs)}."
-    if kind in (Kind.ESCALATED, Kind.DEESCALATED):
-        assert obs is not None
-        verb = "worse" if kind == Kind.ESCALATED else "better"
-        return (
-            f"{episode.severity.name} ({verb}): {where} at {describe(obs)}; alert open for {since}."
-        )
-    if kind == Kind.DATA_RESTORED:
-        assert obs is not None
-        return f"{episode.severity.name}: readings of {where} are back: {describe(obs)}."
-    if kind == Kind.NODATA:
-        return (
-            f"NODATA: no reading of {where} since {_clock(episode.last_observed_at)}; "
-            f"last known {episode.severity.name}. The alert stays open."
-        )
-    assert kind == Kind.RESOLVED
-    assert obs is not None
-    lowest = (
-        f", lowest {episode.lowest_remaining_ratio:.1%}"
-        if episode.lowest_remaining_ratio is not None
-        else ""
-    )
-    return (
-        f"RESOLVED: {where} back to {obs.remaining_ratio:.1%} after {since} "
-        f"(peak {episode.peak_severity.name}{lowest})."
-    )
+__all__ = [
+    "PARTICIPANT", "AlertRules", "AlertRulesError", "Episode", "Kind", "Observation", "Status",
+    "Track", "Transition", "advance", "apply", "apply_all", "check_participant", "check_stale",
+    "episode_key",
+]  # fmt: skip
 
 
 def _open(track: Track, obs: Observation) -> Transition:
@@ -260,12 +67,12 @@ def _open(track: Track, obs: Observation) -> Transition:
         last_observed_at=obs.at,
         lowest_remaining_ratio=obs.remaining_ratio,
         lowest_available_tokens=obs.available_tokens,
-        severity_history=((_iso(obs.at), obs.level.name),),
+        severity_history=((iso(obs.at), obs.level.name),),
         reasons=obs.reasons,
         message="",
         sequence=1,
     )
-    episode = replace(episode, message=_message(Kind.OPENED, episode, obs, obs.at))
+    episode = replace(episode, message=compose_message(Kind.OPENED, episode, obs, obs.at))
     return Transition(Kind.OPENED, obs.at, obs.ispb, obs.policy, episode, obs.level, None, obs,
                       episode.message)  # fmt: skip
 
@@ -294,9 +101,9 @@ def _emit(
     episode = replace(
         episode,
         sequence=episode.sequence + 1,
-        severity_history=(*episode.severity_history, (_iso(at), history_label)),
+        severity_history=(*episode.severity_history, (iso(at), history_label)),
     )
-    episode = replace(episode, message=_message(kind, episode, obs, at))
+    episode = replace(episode, message=compose_message(kind, episode, obs, at))
     transition = Transition(
         kind, at, episode.ispb, episode.policy, episode, episode.severity, previous, obs,
         episode.message,
@@ -432,19 +239,19 @@ def check_participant(
             last_observed_at=reference,
             lowest_remaining_ratio=None,
             lowest_available_tokens=None,
-            severity_history=((_iso(now), "NODATA"),),
+            severity_history=((iso(now), "NODATA"),),
             reasons=(
                 {
                     "code": "no_snapshot",
                     "level": "CRITICAL",
                     "detail": "no reading for more than "
-                    f"{_duration(rules.stale_after.total_seconds())}",
+                    f"{duration(rules.stale_after.total_seconds())}",
                 },
             ),
             message=(
                 f"NODATA: no DICT reading of participant {track.ispb} "
-                + (f"since {_clock(newest_reading_at)}" if newest_reading_at else "yet")
-                + f" (more than {_duration(rules.stale_after.total_seconds())}): its buckets "
+                + (f"since {clock(newest_reading_at)}" if newest_reading_at else "yet")
+                + f" (more than {duration(rules.stale_after.total_seconds())}): its buckets "
                 "are not being watched."
             ),
             sequence=1,
@@ -470,10 +277,10 @@ def check_participant(
             resolved_at=newest_reading_at,
             last_observed_at=newest_reading_at,
             sequence=episode.sequence + 1,
-            severity_history=(*episode.severity_history, (_iso(newest_reading_at), "RESOLVED")),
+            severity_history=(*episode.severity_history, (iso(newest_reading_at), "RESOLVED")),
             message=f"RESOLVED: readings of participant {track.ispb} are back "
-            f"({_clock(newest_reading_at)}) after "
-            f"{_duration((newest_reading_at - episode.opened_at).total_seconds())} without.",
+            f"({clock(newest_reading_at)}) after "
+            f"{duration((newest_reading_at - episode.opened_at).total_seconds())} without.",
         )
         transitions.append(
             Transition(
