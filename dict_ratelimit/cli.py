@@ -294,7 +294,18 @@ def exporter(host: str, port: int) -> None:
     from dict_ratelimit.exporter.server import start_exporter
 
     settings = _settings()
-    with _database(settings) as (_url, engine):
+    if settings.database_url:
+        # A database that is down when the exporter starts is reported by every scrape
+        # (dict_rate_limit_exporter_database_up 0) until it is back, not by exiting.
+        engine = create_db_engine(
+            settings.database_url,
+            connect_timeout=settings.connect_timeout_seconds,
+            application_name="dict-ratelimit-exporter",
+        )
+        database = contextlib.nullcontext((None, engine))
+    else:
+        database = _database(settings)  # the embedded server: started if needed
+    with database as (_url, engine):
         server, _thread = start_exporter(engine, host, port)
         click.echo(f"exporter serving http://{host}:{server.server_port}/metrics", err=True)
         stop = threading.Event()

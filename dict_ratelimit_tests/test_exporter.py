@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 
@@ -134,3 +139,24 @@ def test_a_database_that_is_down_fails_the_scrape_cleanly() -> None:
     assert value(first, "dict_rate_limit_exporter_database_up") == 0
     assert "dict_rate_limit_available_tokens" not in first  # no stale values
     assert value(second, "dict_rate_limit_exporter_scrape_errors_total") == 2
+
+
+def test_the_exporter_command_starts_and_serves_while_the_database_is_down() -> None:
+    env = {**os.environ, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dict_ratelimit.cli", "exporter", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert match, line
+        samples = scrape(int(match.group(1)))
+        assert value(samples, "dict_rate_limit_exporter_database_up") == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(15)
+    assert process.returncode == 0
