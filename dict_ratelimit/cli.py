@@ -345,19 +345,15 @@ def events_tail(
     """Print alert events as they are published (read from the outbox), oldest first."""
     import time
 
-    from dict_ratelimit.storage.outbox import events_after
+    from dict_ratelimit.storage.outbox import events_after, latest_events
 
     published_only = not include_unpublished
     with _database(_settings()) as (_url, engine):
         with engine.connect() as connection:
-            newest = connection.exec_driver_sql(
-                "SELECT coalesce(max(id), 0) FROM dict_ratelimit.alert_event"
-            ).scalar_one()
-            recent = events_after(connection, 0, 10**9, published_only=published_only)[-last:]
-            connection.rollback()
+            recent = latest_events(connection, last, published_only=published_only)
         for row in recent:
             click.echo(_format_event(row, as_json))
-        cursor = recent[-1].id if recent else newest
+        cursor = recent[-1].id if recent else 0
         while follow:
             time.sleep(interval)
             with engine.connect() as connection:

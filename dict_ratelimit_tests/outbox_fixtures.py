@@ -1,4 +1,4 @@
-"""Outbox rows from the real alert machine, without a simulator (for publishing tests)."""
+"""Alert observations and outbox rows from the real alert machine, without a simulator."""
 
 from __future__ import annotations
 
@@ -13,21 +13,30 @@ from dict_ratelimit.storage.alerts import save
 T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
 
 
-def observation(ispb: str, policy: str, minute: int, ratio: float) -> Observation:
+def observation(
+    ispb: str,
+    policy: str,
+    minute: int,
+    ratio: float,
+    ttl: float | None = None,
+    category: str = "A",
+) -> Observation:
+    """A reading ``minute`` minutes after T0 of a 36,000-token bucket at ``ratio``, evaluated
+    with the default thresholds as the pipeline does (``ttl``: seconds to the first 429)."""
     capacity = 36_000
     available = round(ratio * capacity)
-    level, reasons = evaluate(available, capacity, None, Thresholds())
+    level, reasons = evaluate(available, capacity, ttl, Thresholds())
     return Observation(
         ispb=ispb,
         policy=policy,
-        category="A",
+        category=category,
         at=T0 + dt.timedelta(minutes=minute),
         level=level,
         available_tokens=available,
         capacity=capacity,
-        time_to_429_s=None,
+        time_to_429_s=ttl,
         reasons=tuple(r.as_dict() for r in reasons),
-        clear_ratio=0.30,
+        clear_ratio=Thresholds().clear_ratio,
     )
 
 

@@ -1,9 +1,13 @@
-"""Where the Prometheus tools are (scripts/install-prometheus-tools unpacks them)."""
+"""Where the Prometheus tools are (scripts/install-prometheus-tools unpacks them), and
+reading an exporter's ``/metrics`` the way Prometheus parses it."""
 
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from dict_ratelimit.settings import project_root
 
@@ -19,3 +23,18 @@ def tool(name: str) -> Path:
     if found is None:
         raise FileNotFoundError(f"{name} not found: run scripts/install-prometheus-tools")
     return Path(found)
+
+
+def scrape(port: int) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: dict[str, list], name: str, **labels: str) -> float:
+    [match] = [s for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
+    return match.value

@@ -16,31 +16,16 @@ from dict_ratelimit.domain.alerts import (
     check_participant,
     check_stale,
 )
-from dict_ratelimit.domain.thresholds import Level, Thresholds, evaluate
+from dict_ratelimit.domain.thresholds import Level, Thresholds
+from dict_ratelimit_tests.outbox_fixtures import T0, observation
 
-T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
-CAPACITY = 36_000
 RULES = AlertRules()
 
 
 def reading(
     minute: int, ratio: float, ttl: float | None = None, category: str = "A"
 ) -> Observation:
-    """An observation evaluated with the default thresholds, as the pipeline does."""
-    available = round(ratio * CAPACITY)
-    level, reasons = evaluate(available, CAPACITY, ttl, Thresholds())
-    return Observation(
-        ispb="12345678",
-        policy="ENTRIES_READ_USER_ANON",
-        category=category,
-        at=T0 + dt.timedelta(minutes=minute),
-        level=level,
-        available_tokens=available,
-        capacity=CAPACITY,
-        time_to_429_s=ttl,
-        reasons=tuple(reason.as_dict() for reason in reasons),
-        clear_ratio=Thresholds().clear_ratio,
-    )
+    return observation("12345678", "ENTRIES_READ_USER_ANON", minute, ratio, ttl, category)
 
 
 def run(ratios: list[float], rules: AlertRules = RULES) -> tuple[Track, list]:

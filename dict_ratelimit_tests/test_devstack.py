@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
+from dict_ratelimit_tests.prometheus_tools import scrape, value
 
 READY_TIMEOUT = 240
 
@@ -140,18 +140,9 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
             # the demo's two participants, 28 policies each, per tick (the schedule may add one)
             assert stored[0] == 2 and stored[1] >= 56 and stored[1] % 56 == 0
         # the exporter serves the stored readings
-        metrics_url = f"http://127.0.0.1:{exporter_port}/metrics"
-        with urllib.request.urlopen(metrics_url, timeout=10) as response:
-            metrics = response.read().decode()
-        samples = [
-            sample
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-        ]
-        assert ("dict_rate_limit_exporter_database_up", 1.0) in {
-            (s.name, s.value) for s in samples if not s.labels
-        }
-        tokens = [s for s in samples if s.name == "dict_rate_limit_available_tokens"]
+        samples = scrape(exporter_port)
+        assert value(samples, "dict_rate_limit_exporter_database_up") == 1
+        tokens = samples["dict_rate_limit_available_tokens"]
         assert {(s.labels["ispb"], s.labels["category"]) for s in tokens} == {
             ("12345678", "A"), ("23456789", "D"),
         }  # fmt: skip

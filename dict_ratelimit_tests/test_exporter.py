@@ -7,37 +7,21 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import free_port
+from dict_ratelimit_tests.prometheus_tools import scrape, value
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
-
-
-def scrape(port: int) -> dict[str, list]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def value(samples: dict[str, list], name: str, **labels: str) -> float:
-    [match] = [s for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
-    return match.value
 
 
 @pytest.fixture

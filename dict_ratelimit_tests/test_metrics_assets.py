@@ -10,9 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.definitions import build_definitions
-from dict_ratelimit.defs.monitor import TICK_TAGS
-from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit_tests.simulation import RunningSimulator, running_simulator
+from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
 START = dt.datetime(2026, 11, 28, 23, 45, tzinfo=dt.timezone.utc)  # 15 min before midnight
 DAY, NEXT_DAY = "2026-11-28", "2026-11-29"
@@ -25,23 +24,16 @@ EVALUATION_SQL = (
 
 
 def _resources(sim: RunningSimulator, db_url: URL, stats_window: int = 300) -> dict:
-    return {
-        "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
-        "bridge": BridgeResource(
-            target=sim.target,
-            participants=",".join(PARTICIPANTS),
-            max_clock_skew_seconds=0,
-            request_stats_window_seconds=stats_window,
-        ),
-        "thresholds": ThresholdsResource(),
-    }
+    return monitor_resources(
+        sim,
+        db_url,
+        list(PARTICIPANTS),
+        bridge_options={"request_stats_window_seconds": stats_window},
+    )
 
 
 def _tick(sim: RunningSimulator, db_url: URL, stats_window: int = 300):  # type: ignore[no-untyped-def]
-    job = build_definitions(_resources(sim, db_url, stats_window)).resolve_job_def("monitor_job")
-    result = job.execute_in_process(
-        partition_key=sim.clock.now().strftime("%Y-%m-%d"), tags=TICK_TAGS, raise_on_error=False
-    )
+    result = run_tick(sim, _resources(sim, db_url, stats_window))
     assert result.success
     return result
 

@@ -12,9 +12,9 @@ from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit.defs.monitor import TICK_TAGS
-from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.simulation import START, RunningSimulator, running_simulator
+from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 
@@ -26,26 +26,11 @@ def sim() -> Iterator[RunningSimulator]:
 
 
 def _resources(sim: RunningSimulator, db_url: URL) -> dict[str, object]:
-    return {
-        "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
-        "bridge": BridgeResource(
-            target=sim.target,
-            participants=",".join(PARTICIPANTS),
-            max_clock_skew_seconds=0,  # the manual clock is not our clock
-            retry_wait_seconds=0.1,
-        ),
-        "thresholds": ThresholdsResource(),
-    }
+    return monitor_resources(sim, db_url, list(PARTICIPANTS))
 
 
 def _tick(sim: RunningSimulator, db_url: URL, instance: dg.DagsterInstance | None = None):  # type: ignore[no-untyped-def]
-    job = build_definitions(_resources(sim, db_url)).resolve_job_def("monitor_job")
-    return job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        partition_key=sim.clock.now().strftime("%Y-%m-%d"),
-        tags=TICK_TAGS,
-    )
+    return run_tick(sim, _resources(sim, db_url), instance)
 
 
 def _metadata(result) -> dict:  # type: ignore[no-untyped-def]

@@ -17,9 +17,8 @@ from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.embedded import free_port
-from dict_ratelimit_tests.prometheus_tools import DEPLOY, tool
+from dict_ratelimit_tests.prometheus_tools import DEPLOY, scrape, tool
 from dict_ratelimit_tests.simulation import running_simulator
-from dict_ratelimit_tests.test_exporter import scrape
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}

@@ -17,8 +17,14 @@ from dict_ratelimit_tests.simulation import RunningSimulator
 
 
 def monitor_resources(
-    sim: RunningSimulator, db_url: URL, participants: list[str], **extra: object
+    sim: RunningSimulator,
+    db_url: URL,
+    participants: list[str],
+    *,
+    bridge_options: dict[str, object] | None = None,
+    **extra: object,
 ) -> dict[str, object]:
+    """The resources of a monitor run against ``sim`` (extra Bridge fields, extra resources)."""
     return {
         "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
         "bridge": BridgeResource(
@@ -26,6 +32,7 @@ def monitor_resources(
             participants=",".join(participants),
             max_clock_skew_seconds=0,  # the manual clock is not our clock
             retry_wait_seconds=0.1,
+            **(bridge_options or {}),
         ),
         "thresholds": ThresholdsResource(),
         "alert_rules": AlertRulesResource(),

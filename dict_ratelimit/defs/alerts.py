@@ -17,6 +17,7 @@ from dict_ratelimit.defs.metrics import threshold_evaluations
 from dict_ratelimit.defs.resources import AlertRulesResource, BridgeResource, PostgresResource
 from dict_ratelimit.defs.tags import SERIAL_TAG
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
+from dict_ratelimit.storage.outbox import backlog
 
 
 def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
@@ -41,7 +42,7 @@ def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _metadata(report: AlertReport, backlog: int, table: str) -> dict[str, object]:
+def _metadata(report: AlertReport, waiting: int, table: str) -> dict[str, object]:
     kinds: dict[str, int] = {}
     for transition in report.transitions:
         kinds[transition.kind.value] = kinds.get(transition.kind.value, 0) + 1
@@ -53,7 +54,7 @@ def _metadata(report: AlertReport, backlog: int, table: str) -> dict[str, object
         "open_critical": report.open_by_severity.get("CRITICAL", 0),
         "open_exhausted": report.open_by_severity.get("EXHAUSTED", 0),
         "open_nodata": report.nodata_open,
-        "outbox_unpublished": backlog,
+        "outbox_unpublished": waiting,
         "open_alerts": dg.MetadataValue.md(table),
         **{name: round(value, 3) for name, value in report.timings.items()},
     }
@@ -81,13 +82,11 @@ def alerts(
             participants=bridge.participant_list(),
             source=alert_rules.event_source,
         )
-        backlog = connection.execute(
-            sa.text("SELECT count(*) FROM dict_ratelimit.alert_event WHERE published_at IS NULL")
-        ).scalar_one()
+        waiting = backlog(connection)
         table = _open_alerts_table(connection)
     for transition in report.transitions:
         context.log.info(f"{transition.kind.value} {transition.event_id}: {transition.message}")
-    return dg.MaterializeResult(metadata=_metadata(report, backlog, table))
+    return dg.MaterializeResult(metadata=_metadata(report, waiting, table))
 
 
 alert_watchdog_job = dg.define_asset_job(

@@ -25,10 +25,6 @@ DEFAULT_TOPIC = "persistent://lb-conn/dict/rate-limit-alerts"
 DEFAULT_PRODUCER_NAME = "dict-ratelimit-alert-publisher"
 
 
-class PublishError(RuntimeError):
-    """The broker could not be reached or refused a message; ``receipts`` were still taken."""
-
-
 @dataclass
 class PublishOutcome:
     receipts: list[tuple[int, dt.datetime]] = field(default_factory=list)

@@ -54,9 +54,6 @@ class AlertReport:
     nodata_open: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
-    def count(self, kind: str) -> int:
-        return sum(1 for t in self.transitions if t.kind.value == kind)
-
 
 _TRACKS = """
 SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak,

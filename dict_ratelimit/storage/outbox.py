@@ -52,6 +52,19 @@ def events_after(
     return [OutboxRow(*row) for row in rows]
 
 
+def latest_events(
+    connection: Connection, limit: int, *, published_only: bool = True
+) -> list[OutboxRow]:
+    """The newest ``limit`` rows, oldest first."""
+    where = "WHERE published_at IS NOT NULL" if published_only else ""
+    rows = connection.exec_driver_sql(
+        f"SELECT {_COLUMNS} FROM dict_ratelimit.alert_event {where} "
+        "ORDER BY id DESC LIMIT %(limit)s",
+        {"limit": limit},
+    ).fetchall()
+    return [OutboxRow(*row) for row in reversed(rows)]
+
+
 def backlog(connection: Connection) -> int:
     return connection.execute(
         sa.text("SELECT count(*) FROM dict_ratelimit.alert_event WHERE published_at IS NULL")
