@@ -47,6 +47,11 @@ def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFr
         )
     ).to_numpy()
     clear = pairs["policy"].map(lambda name: thresholds.for_policy(name).clear_ratio)
+    own_calls = (
+        pd.to_numeric(pairs["own_calls"], errors="coerce").fillna(0)
+        if "own_calls" in pairs
+        else pd.Series(0, index=pairs.index)
+    )
     computed = compute_metrics(
         SnapshotPairs(
             available=a1,
@@ -57,6 +62,7 @@ def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFr
             elapsed=elapsed.to_numpy(dtype=float),
             shape_changed=shape_changed,
             max_overdraft=_max_overdraft(pairs["policy"], a0, a1),
+            own_calls=own_calls.to_numpy(dtype=float),
         ),
         clear_ratio=clear.to_numpy(dtype=float),
     )
@@ -71,6 +77,7 @@ def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFr
     not_found = pd.to_numeric(pairs["not_found"], errors="coerce")
     # unknown (no stats, or no response in the window) stays NULL, never 0
     frame["not_found_share"] = (not_found / total.where(total > 0)).to_numpy()
+    frame["own_calls"] = own_calls.astype(int).to_numpy()
     return frame
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import click
 from sqlalchemy.engine import URL, Engine
 
+from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.domain.catalog import CATEGORIES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.events.cloudevents import TYPE_PREFIX
@@ -239,6 +240,7 @@ def tick() -> None:
     import dagster as dg
 
     from dict_ratelimit.definitions import build_definitions
+    from dict_ratelimit.defs.metrics import tick_partition
     from dict_ratelimit.defs.monitor import TICK_TAGS
     from dict_ratelimit.defs.resources import (
         PostgresResource,
@@ -259,6 +261,7 @@ def tick() -> None:
             ),
         }
         job = build_definitions(resources).resolve_job_def("monitor_job")
+        now = SystemClock().now()
         with (
             dg.DagsterInstance.get()
             if os.environ.get("DAGSTER_HOME")
@@ -267,7 +270,7 @@ def tick() -> None:
             result = job.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
-                partition_key=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+                partition_key=tick_partition(now),
                 tags=TICK_TAGS,
             )
         ispbs = [i.strip() for i in os.environ["DICT_RATELIMIT_PARTICIPANTS"].split(",")]

@@ -6,9 +6,14 @@ import dagster as dg
 
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
 from dict_ratelimit.defs.events import publish_alert_events
-from dict_ratelimit.defs.metrics import policy_metrics, threshold_evaluations
+from dict_ratelimit.defs.metrics import derive_metrics_and_levels
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
-from dict_ratelimit.defs.resources import alert_rules_from_env, default_resources, pulsar_from_env
+from dict_ratelimit.defs.resources import (
+    ClockResource,
+    alert_rules_from_env,
+    default_resources,
+    pulsar_from_env,
+)
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
@@ -25,10 +30,11 @@ def build_definitions(resources: dict[str, object] | None = None) -> dg.Definiti
         resources = {
             "alert_rules": alert_rules_from_env(),
             "pulsar": pulsar_from_env(),
+            "clock": ClockResource(),
             **resources,
         }
     return dg.Definitions(
-        assets=[DICT_BRIDGE, policy_snapshots, policy_metrics, threshold_evaluations, alerts],
+        assets=[DICT_BRIDGE, policy_snapshots, derive_metrics_and_levels, alerts],
         jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
         schedules=[
             monitor_schedule(settings.monitor_cron),

@@ -9,8 +9,10 @@ from sqlalchemy.engine import Engine
 from dict_ratelimit.domain.alerts import AlertRules, Observation, Track, apply_all
 from dict_ratelimit.domain.thresholds import Thresholds, evaluate
 from dict_ratelimit.storage.alerts import save
+from dict_ratelimit_tests.timebase import base_time
 
-T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+#: The time of the first reading of these fixtures: the suite's base instant.
+T0 = base_time()
 
 
 def observation(
@@ -20,9 +22,11 @@ def observation(
     ratio: float,
     ttl: float | None = None,
     category: str = "A",
+    received_late_by: float = 0.0,
 ) -> Observation:
     """A reading ``minute`` minutes after T0 of a 36,000-token bucket at ``ratio``, evaluated
-    with the default thresholds as the pipeline does (``ttl``: seconds to the first 429)."""
+    with the default thresholds as the pipeline does (``ttl``: seconds to the first 429).
+    ``received_late_by``: seconds our clock is ahead of DICT's when the reading arrives."""
     capacity = 36_000
     available = round(ratio * capacity)
     level, reasons = evaluate(available, capacity, ttl, Thresholds())
@@ -37,6 +41,7 @@ def observation(
         time_to_429_s=ttl,
         reasons=tuple(r.as_dict() for r in reasons),
         clear_ratio=Thresholds().clear_ratio,
+        received_at=T0 + dt.timedelta(minutes=minute, seconds=received_late_by),
     )
 
 

@@ -18,8 +18,10 @@ from dict_ratelimit.simulator.scenarios import load_scenario
 from dict_ratelimit.simulator.server import start_server
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit.simulator.v1 import control_pb2_grpc as ctl_grpc
+from dict_ratelimit_tests.timebase import base_time
 
-START = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+#: Where every simulator of the suite starts: today, or DICT_RATELIMIT_TEST_BASE_TIME.
+START = base_time()
 
 
 @dataclass

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.defs.events import PublishFailed, publish_alert_events
-from dict_ratelimit.defs.resources import PostgresResource, PulsarResource
+from dict_ratelimit.defs.resources import ClockResource, PostgresResource, PulsarResource
 from dict_ratelimit.events.publisher import DEFAULT_TOPIC
 from dict_ratelimit_tests.outbox_fixtures import write_episodes
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
@@ -26,6 +26,7 @@ def evaluate(db_url: URL, url: str, cursor: str | None = None) -> dg.SensorResul
         resources={
             "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
             "pulsar": PulsarResource(service_url=url, timeout_seconds=3),
+            "clock": ClockResource(),
         },
     ) as context:
         return publish_alert_events(context)

@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 
+from dict_ratelimit.domain.alert_model import stamp
 from dict_ratelimit.domain.alerts import (
     PARTICIPANT,
     AlertRules,
@@ -18,6 +19,8 @@ from dict_ratelimit.domain.alerts import (
 )
 from dict_ratelimit.domain.thresholds import Level, Thresholds
 from dict_ratelimit_tests.outbox_fixtures import T0, observation
+
+pytestmark = pytest.mark.timebased
 
 RULES = AlertRules()
 
@@ -133,7 +136,8 @@ def test_event_ids_are_deterministic() -> None:
     _, first = run([0.5, 0.15, 0.05, 0.5, 0.5])
     _, second = run([0.5, 0.15, 0.05, 0.5, 0.5])
     assert [t.event_id for t in first] == [t.event_id for t in second]
-    assert first[0].event_id == "12345678/ENTRIES_READ_USER_ANON/20261129T120500Z:1"
+    opened_at = stamp(T0 + dt.timedelta(minutes=5))
+    assert first[0].event_id == f"12345678/ENTRIES_READ_USER_ANON/{opened_at}:1"
 
 
 def test_a_stale_open_episode_goes_nodata_once_and_comes_back_with_the_next_reading() -> None:
@@ -155,19 +159,21 @@ def test_a_stale_open_episode_goes_nodata_once_and_comes_back_with_the_next_read
 
 def test_a_participant_without_readings_raises_one_nodata_alert_until_readings_return() -> None:
     track = Track("12345678", PARTICIPANT)
-    track, transitions = check_participant(track, T0, "A", T0 + dt.timedelta(minutes=5), RULES)
+    newest = (T0, T0)  # (DICT time, received on our clock)
+    track, transitions = check_participant(track, newest, "A", T0 + dt.timedelta(minutes=5), RULES)
     assert transitions == []
     later = T0 + dt.timedelta(minutes=20)
-    track, transitions = check_participant(track, T0, "A", later, RULES)
+    track, transitions = check_participant(track, newest, "A", later, RULES)
     assert kinds(transitions) == ["alert.nodata"]
     assert transitions[0].severity == Level.CRITICAL
     assert "12345678" in transitions[0].message
-    track, again = check_participant(track, T0, "A", later + dt.timedelta(minutes=5), RULES)
+    track, again = check_participant(track, newest, "A", later + dt.timedelta(minutes=5), RULES)
     assert again == []  # one alert, not one per check
     back_at = later + dt.timedelta(minutes=7)
-    track, transitions = check_participant(track, back_at, "A", back_at, RULES)
+    track, transitions = check_participant(track, (back_at, back_at), "A", back_at, RULES)
     assert kinds(transitions) == ["alert.resolved"]
     assert transitions[0].event_id.endswith(":2") and track.episode is None
+    assert transitions[0].severity == Level.CRITICAL  # what it was when it resolved
 
 
 def test_a_participant_never_read_gets_the_staleness_grace_period() -> None:
@@ -177,15 +183,32 @@ def test_a_participant_never_read_gets_the_staleness_grace_period() -> None:
     assert kinds(transitions) == ["alert.nodata"]
 
 
+def test_a_dict_clock_behind_ours_is_not_stale_data() -> None:
+    """DICT 2 h behind: the reading arrived a minute ago on our clock, so it is fresh."""
+    dict_time = T0 - dt.timedelta(hours=2)
+    track, transitions = check_participant(
+        Track("12345678", PARTICIPANT), (dict_time, T0), "A", T0 + dt.timedelta(minutes=1), RULES
+    )
+    assert transitions == []
+    behind = observation("12345678", "KEYS_CHECK", 0, 0.05, received_late_by=2 * 3600)
+    track, opened = apply(Track("12345678", "KEYS_CHECK"), behind, RULES)
+    assert kinds(opened) == ["alert.opened"]
+    # 5 minutes after it arrived on our clock (2 h 5 min after its DICT time): still fresh
+    _, none = check_stale(track, behind.received + dt.timedelta(minutes=5), RULES)
+    assert none == []
+    _, stale = check_stale(track, behind.received + dt.timedelta(minutes=16), RULES)
+    assert kinds(stale) == ["alert.nodata"]
+
+
 def test_a_category_change_is_its_own_event() -> None:
     track = Track("12345678", PARTICIPANT, category="A")
-    track, transitions = check_participant(track, T0, "A", T0, RULES)
+    track, transitions = check_participant(track, (T0, T0), "A", T0, RULES)
     assert transitions == []
-    track, transitions = check_participant(track, T0, "D", T0, RULES)
+    track, transitions = check_participant(track, (T0, T0), "D", T0, RULES)
     assert kinds(transitions) == ["participant.category_changed"]
     change = transitions[0]
     assert (change.previous_category, change.category) == ("A", "D")
-    assert change.event_id == "12345678/category/20261129T120000Z"
+    assert change.event_id == f"12345678/category/{stamp(T0)}"
     assert track.category == "D"
 
 
@@ -213,4 +236,4 @@ def test_deescalation_needs_clear_after_readings_below_and_goes_to_the_worst_of_
     _, transitions = run([0.0, 0.15, 0.08, 0.08, 0.15, 0.15])
     assert kinds(transitions) == ["alert.opened", "alert.deescalated", "alert.deescalated"]
     assert [t.severity for t in transitions] == [Level.EXHAUSTED, Level.CRITICAL, Level.WARNING]
-    assert [t.at.minute for t in transitions] == [0, 10, 25]
+    assert [(t.at - T0) / dt.timedelta(minutes=1) for t in transitions] == [0, 10, 25]

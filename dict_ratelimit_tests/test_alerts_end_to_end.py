@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.defs.events import publish_alert_events
-from dict_ratelimit.defs.resources import PostgresResource, PulsarResource
+from dict_ratelimit.defs.resources import ClockResource, PostgresResource, PulsarResource
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.events.cloudevents import load_schema
 from dict_ratelimit.events.publisher import DEFAULT_TOPIC
@@ -84,6 +84,7 @@ def test_a_scan_attack_gives_one_episode_per_policy_delivered_in_order_once(
         resources={
             "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
             "pulsar": PulsarResource(service_url=pulsar_broker.url, timeout_seconds=5),
+            "clock": ClockResource(),
         }
     ) as context:
         publish_alert_events(context)

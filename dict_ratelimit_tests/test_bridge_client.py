@@ -14,6 +14,7 @@ from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
 from dict_ratelimit.bridge.errors import BridgeError, PermanentBridgeError, RetryableBridgeError
 from dict_ratelimit.bridge.poller import poll_participants
 from dict_ratelimit.bridge.v1 import rate_limit_pb2_grpc as pb_grpc
+from dict_ratelimit.clock import FixedClock
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.certs import issue, make_ca
@@ -195,7 +196,7 @@ def test_poller_retries_honouring_retry_after_then_succeeds() -> None:
             client,
             ["12345678", "87654321"],
             KNOWN_POLICY_NAMES,
-            now=lambda: START,
+            clock=FixedClock(START),
             sleep=waits.append,
         )
     assert waits == [3]
@@ -207,7 +208,7 @@ def test_poller_gives_up_on_permanent_errors_at_once() -> None:
     with running_simulator({"12345678": "A"}) as sim, sim.client() as client:
         sim.inject(ctl.PERMISSION_DENIED, times=0)
         result = poll_participants(
-            client, ["12345678"], KNOWN_POLICY_NAMES, now=lambda: START, sleep=waits.append
+            client, ["12345678"], KNOWN_POLICY_NAMES, clock=FixedClock(START), sleep=waits.append
         )
     assert waits == []
     failure = result.failures["12345678"]
@@ -223,9 +224,9 @@ def test_poller_gives_up_on_permanent_errors_at_once() -> None:
     [
         ("category", "invalid Category: 'a1' is not one capital letter"),
         ("response_time", "invalid ResponseTime: missing"),
-        ("capacity", "Capacity: must be > 0, got 0"),
-        ("refill_tokens", "RefillTokens: must be > 0, got 0"),
-        ("refill_period_sec", "RefillPeriodSec: must be > 0, got 0"),
+        ("capacity", "Capacity: 0 is outside 1.."),
+        ("refill_tokens", "RefillTokens: 0 is outside 1.."),
+        ("refill_period_sec", "RefillPeriodSec: 0 is outside 1..2147483647"),
         ("available_above_capacity", "is above the capacity"),
         ("duplicate_policy", "appears twice"),
         ("unknown_policy", "unknown policy NOT_A_DICT_POLICY"),
@@ -235,7 +236,7 @@ def test_malformed_readings_reject_the_whole_participant(field: str, message: st
     with running_simulator({"12345678": "A", "87654321": "A"}) as sim, sim.client() as client:
         sim.inject(ctl.MALFORMED, participant="12345678", malformed_field=field, times=1)
         result = poll_participants(
-            client, ["12345678", "87654321"], KNOWN_POLICY_NAMES, now=lambda: START
+            client, ["12345678", "87654321"], KNOWN_POLICY_NAMES, clock=FixedClock(START)
         )
     failure = result.failures["12345678"]
     assert failure.error_class == "invalid_reading" and not failure.retryable
@@ -250,14 +251,14 @@ def test_response_time_far_from_our_clock_is_rejected() -> None:
             client,
             ["12345678"],
             KNOWN_POLICY_NAMES,
-            now=lambda: START + dt.timedelta(hours=3),  # e.g. local time sent as UTC
+            clock=FixedClock(START + dt.timedelta(hours=3)),  # e.g. local time sent as UTC
         )
         unchecked = poll_participants(
             client,
             ["12345678"],
             KNOWN_POLICY_NAMES,
             max_skew=None,
-            now=lambda: START + dt.timedelta(hours=3),
+            clock=FixedClock(START + dt.timedelta(hours=3)),
         )
     assert "is 3:00:00 away from the poll time" in late.failures["12345678"].message
     assert len(unchecked.readings["12345678"]) == 28

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, Engine
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.cli import main
 from dict_ratelimit.settings import get_settings
-from dict_ratelimit_tests.simulation import running_simulator
+from dict_ratelimit_tests.simulation import START, running_simulator
 
 
 def test_simulator_command_serves_until_interrupted() -> None:
@@ -88,7 +88,7 @@ def test_tick_runs_the_monitor_and_prints_the_readings(tick_env) -> None:  # typ
     lines = [line for line in result.output.splitlines() if re.match(r"\d{8} ", line)]
     assert len(lines) == 56
     assert any(re.match(r"87654321\s+ENTRIES_READ_PARTICIPANT_ANTISCAN\s+F\s", ln) for ln in lines)
-    assert "2026-11-29 12:00:00" in lines[0]
+    assert f"{START:%Y-%m-%d %H:%M:%S}" in lines[0]
     assert re.search(r"run [0-9a-f-]{36}: success", result.output)
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit_tests.simulation import RunningSimulator, running_simulator
-from dict_ratelimit_tests.ticks import monitor_resources, run_tick
+from dict_ratelimit_tests.ticks import materializations, monitor_resources, run_tick
+from dict_ratelimit_tests.timebase import base_time, before_next_midnight, day_key
 
-START = dt.datetime(2026, 11, 28, 23, 45, tzinfo=dt.timezone.utc)  # 15 min before midnight
-DAY, NEXT_DAY = "2026-11-28", "2026-11-29"
+pytestmark = pytest.mark.timebased
+
+START = before_next_midnight(base_time(), 15)  # six ticks five minutes apart cross midnight
+DAY, NEXT_DAY = day_key(START), day_key(START + dt.timedelta(days=1))
 PARTICIPANTS = {"12345678": "A", "87654321": "C"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
 METRIC_SQL = "SELECT * FROM dict_ratelimit.policy_metric ORDER BY ispb, policy, response_time"
@@ -40,13 +44,14 @@ def _tick(sim: RunningSimulator, db_url: URL, stats_window: int = 300):  # type:
 
 def _backfill(sim: RunningSimulator, db_url: URL, first: str, last: str):  # type: ignore[no-untyped-def]
     job = build_definitions(_resources(sim, db_url)).resolve_job_def("metrics_job")
-    result = job.execute_in_process(
-        tags={
-            "dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last,
-        },
-        raise_on_error=False,
-    )
+    with dg.partition_loading_context(effective_dt=sim.clock.now()):
+        result = job.execute_in_process(
+            tags={
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            },
+            raise_on_error=False,
+        )
     assert result.success
     return result
 
@@ -91,9 +96,9 @@ def test_a_backfill_of_the_same_days_reproduces_the_rows(
 ) -> None:
     metrics, evaluations = _rows(engine, METRIC_SQL), _rows(engine, EVALUATION_SQL)
     result = _backfill(ticked, db_url, DAY, NEXT_DAY)
-    materializations = result.asset_materializations_for_node("policy_metrics")
-    assert len(materializations) == 2  # one run, both days (single-run backfill policy)
-    materialization = materializations[0]
+    written = materializations(result, "policy_metrics")
+    assert len(written) == 2  # one run, both days (single-run backfill policy)
+    materialization = written[0]
     assert materialization.metadata["mode"].value == "recompute window"
     assert materialization.metadata["rows_written"].value == len(metrics)
     assert _rows(engine, METRIC_SQL) == metrics
@@ -107,7 +112,7 @@ def test_backfilling_one_day_uses_the_previous_days_last_reading(
     with engine.begin() as connection:  # lose the second day's metrics
         connection.execute(
             sa.text("DELETE FROM dict_ratelimit.policy_metric WHERE response_time >= :d"),
-            {"d": dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)},
+            {"d": START + dt.timedelta(minutes=15)},
         )
     _backfill(ticked, db_url, NEXT_DAY, NEXT_DAY)
     after = _rows(engine, METRIC_SQL)
@@ -121,7 +126,7 @@ def test_rerunning_a_tick_writes_nothing(
 ) -> None:
     before = _rows(engine, METRIC_SQL)
     result = _tick(ticked, db_url)
-    [materialization] = result.asset_materializations_for_node("policy_metrics")
+    [materialization] = materializations(result, "policy_metrics")
     assert materialization.metadata["rows_written"].value == 0
     assert _rows(engine, METRIC_SQL) == before
 
@@ -156,9 +161,9 @@ def test_the_scan_attack_shows_up_as_demand_censoring_and_levels(
     ]
     assert {e["level"] for e in evaluations} <= {"CRITICAL", "EXHAUSTED"}
     assert all(e["reasons"] and e["thresholds"]["warning_ratio"] == 0.2 for e in evaluations)
-    [levels] = result.asset_materializations_for_node("threshold_evaluations")
+    [levels] = materializations(result, "threshold_evaluations")
     assert levels.metadata["count_critical"].value + levels.metadata["count_exhausted"].value >= 2
-    [metrics] = result.asset_materializations_for_node("policy_metrics")
+    [metrics] = materializations(result, "policy_metrics")
     assert ANTISCAN in metrics.metadata["worst_by_remaining_ratio"].value
 
 

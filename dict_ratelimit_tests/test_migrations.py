@@ -72,7 +72,6 @@ def test_migrate_from_zero_then_second_run_is_a_no_op(
             "threshold_evaluation",
             "policy_request_stats",
             "latest_policy_health",
-            "policy_hourly",
         } <= tables
 
         applied_again, changes_again = migrate(

@@ -15,6 +15,7 @@ from dict_ratelimit.defs.monitor import TICK_TAGS
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.simulation import START, RunningSimulator, running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
+from dict_ratelimit_tests.timebase import before_next_midnight, day_key
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 
@@ -192,7 +193,7 @@ def test_monitor_schedule_skips_while_a_monitor_run_is_active() -> None:
     definitions = build_definitions()
     schedule = definitions.resolve_schedule_def("monitor_every_5_minutes")
     with dg.instance_for_test() as instance:
-        when = dt.datetime(2026, 11, 29, 23, 55, tzinfo=dt.timezone.utc)
+        when = before_next_midnight(START, 5)
         context = dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=when,
@@ -200,7 +201,7 @@ def test_monitor_schedule_skips_while_a_monitor_run_is_active() -> None:
         )
         request = schedule.evaluate_tick(context).run_requests[0]
         assert request.run_key == when.isoformat()
-        assert request.partition_key == "2026-11-29"  # today's partition, UTC
+        assert request.partition_key == day_key(when)  # the tick's day, UTC
         assert request.tags.items() >= TICK_TAGS.items()
         instance.add_run(
             dg.DagsterRun(job_name="monitor_job", run_id="r1", status=dg.DagsterRunStatus.STARTED)

@@ -17,6 +17,7 @@ from dict_ratelimit.storage.partitions import (
 )
 from dict_ratelimit.storage.snapshots import store_readings
 from dict_ratelimit_tests.helpers import reading, utc
+from dict_ratelimit_tests.timebase import base_time
 
 
 def _months(engine: Engine, parent: str = "policy_snapshot") -> list[dt.date]:
@@ -42,7 +43,7 @@ def _prepare_history(engine: Engine, first: dt.date, last: dt.date) -> list[dt.d
 
 
 def test_readings_on_both_sides_of_a_month_boundary_land_in_their_months(engine: Engine) -> None:
-    today = dt.datetime.now(dt.timezone.utc)
+    today = base_time()
     next_month = add_months(dt.date(today.year, today.month, 1), 1)
     boundary = utc(next_month.year, next_month.month, 1)
     with engine.begin() as connection:
@@ -54,7 +55,7 @@ def test_readings_on_both_sides_of_a_month_boundary_land_in_their_months(engine:
                 reading(boundary + dt.timedelta(seconds=1)),
             ],
         )
-    assert stored == 3
+    assert stored.inserted == 3
     with engine.connect() as connection:
         rows = connection.execute(
             sa.text(
@@ -73,7 +74,7 @@ def test_a_reading_in_a_month_without_partition_gets_one(engine: Engine) -> None
     """Even if the retention job has not run for months, a reading is never refused."""
     assert dt.date(2031, 4, 1) not in _months(engine)
     with engine.begin() as connection:
-        assert store_readings(connection, [reading(utc(2031, 4, 30, 23, 59))]) == 1
+        assert store_readings(connection, [reading(utc(2031, 4, 30, 23, 59))]).inserted == 1
     assert dt.date(2031, 4, 1) in _months(engine)
 
 

@@ -8,17 +8,26 @@ import dagster as dg
 import pytest
 from sqlalchemy.engine import URL, Engine
 
-from dict_ratelimit.defs.resources import PostgresResource
+from dict_ratelimit.defs.resources import ClockResource, PostgresResource
 from dict_ratelimit.defs.retention import purge_old_runs, retention_job
 from dict_ratelimit.domain.retention import add_months
 from dict_ratelimit.storage.embedded import free_port
 from dict_ratelimit.storage.partitions import create_partition, existing_partitions
+from dict_ratelimit_tests.timebase import base_time, before_next_midnight, day_key
 
 
-def _run(url: str, instance: dg.DagsterInstance | None = None, **config: object):  # type: ignore[no-untyped-def]
+def _run(  # type: ignore[no-untyped-def]
+    url: str,
+    instance: dg.DagsterInstance | None = None,
+    clock: ClockResource | None = None,
+    **config: object,
+):
     return retention_job.execute_in_process(
         run_config={"ops": {"maintain_partitions": {"config": config}}},
-        resources={"postgres": PostgresResource(database_url=url)},
+        resources={
+            "postgres": PostgresResource(database_url=url),
+            "clock": clock or ClockResource(),
+        },
         instance=instance,
         raise_on_error=False,
     )
@@ -68,8 +77,23 @@ def test_bad_retention_is_rejected_before_any_sql(months: int) -> None:
     with pytest.raises(Exception, match="retention_months must be at least 1"):
         retention_job.execute_in_process(
             run_config={"ops": {"maintain_partitions": {"config": {"retention_months": months}}}},
-            resources={"postgres": PostgresResource(database_url=unreachable)},
+            resources={
+                "postgres": PostgresResource(database_url=unreachable),
+                "clock": ClockResource(),
+            },
         )
+
+
+@pytest.mark.timebased
+def test_without_today_the_run_acts_on_its_clocks_day(db_url: URL) -> None:
+    """The clock at 23:59 on the last day of a month: 'today' is still that month."""
+    at = before_next_midnight(base_time(), 1)
+    result = _run(_url(db_url), clock=ClockResource(frozen_at=at.isoformat()))
+    assert result.success
+    metadata = _metadata(result)
+    assert metadata["today"] == day_key(at)
+    current = f"policy_snapshot_y{at.year:04d}m{at.month:02d}"
+    assert not any(current in name for name in metadata["dropped"])
 
 
 def test_bad_today_is_rejected() -> None:
@@ -77,7 +101,10 @@ def test_bad_today_is_rejected() -> None:
     with pytest.raises(Exception, match="today must be an ISO date"):
         retention_job.execute_in_process(
             run_config={"ops": {"maintain_partitions": {"config": {"today": "2026-13-40"}}}},
-            resources={"postgres": PostgresResource(database_url=unreachable)},
+            resources={
+                "postgres": PostgresResource(database_url=unreachable),
+                "clock": ClockResource(),
+            },
         )
 
 

@@ -12,8 +12,9 @@ from dict_ratelimit.domain.retention import RetentionPolicy
 from dict_ratelimit.storage.partitions import ensure_partitions
 from dict_ratelimit.storage.snapshots import store_readings
 from dict_ratelimit_tests.helpers import reading, utc
+from dict_ratelimit_tests.timebase import base_time
 
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+NOW = base_time()
 
 
 def _latest(engine: Engine) -> dict[tuple[str, str], dict]:
@@ -25,9 +26,9 @@ def _latest(engine: Engine) -> dict[tuple[str, str], dict]:
 def test_storing_the_same_reading_twice_stores_it_once(engine: Engine) -> None:
     batch = [reading(NOW, policy=p) for p in ("ENTRIES_WRITE", "CLAIMS_READ")]
     with engine.begin() as connection:
-        assert store_readings(connection, batch) == 2
+        assert store_readings(connection, batch).inserted == 2
     with engine.begin() as connection:
-        assert store_readings(connection, batch) == 0
+        assert store_readings(connection, batch).inserted == 0
     with engine.connect() as connection:
         assert (
             connection.execute(

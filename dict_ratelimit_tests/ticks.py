@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 from sqlalchemy.engine import URL
 
 from dict_ratelimit.definitions import build_definitions
+from dict_ratelimit.defs.metrics import tick_partition
 from dict_ratelimit.defs.monitor import TICK_TAGS
 from dict_ratelimit.defs.resources import (
     AlertRulesResource,
     BridgeResource,
+    ClockResource,
     PostgresResource,
     ThresholdsResource,
 )
@@ -30,7 +34,6 @@ def monitor_resources(
         "bridge": BridgeResource(
             target=sim.target,
             participants=",".join(participants),
-            max_clock_skew_seconds=0,  # the manual clock is not our clock
             retry_wait_seconds=0.1,
             **(bridge_options or {}),
         ),
@@ -44,12 +47,34 @@ def run_tick(
     sim: RunningSimulator,
     resources: dict[str, object],
     instance: dg.DagsterInstance | None = None,
+    *,
+    our_clock_ahead: float = 0.0,
 ) -> dg.ExecuteInProcessResult:
-    """One monitor_job run, as the schedule would start it at the simulator's time."""
+    """One monitor_job run, as the schedule would start it at the simulator's time.
+
+    Our clock (the run's ``clock`` resource, and Dagster's idea of "now" for partitions) is
+    the simulator's plus ``our_clock_ahead`` seconds (DICT's clock running behind ours).
+    """
+    now = sim.clock.now() + dt.timedelta(seconds=our_clock_ahead)
+    resources = {"clock": ClockResource(frozen_at=now.isoformat()), **resources}
     job = build_definitions(resources).resolve_job_def("monitor_job")
-    return job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        partition_key=sim.clock.now().strftime("%Y-%m-%d"),
-        tags=TICK_TAGS,
-    )
+    with dg.partition_loading_context(effective_dt=now):
+        return job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            partition_key=tick_partition(now),
+            tags=TICK_TAGS,
+        )
+
+
+def materializations(
+    result: dg.ExecuteInProcessResult, asset: str
+) -> list[dg.AssetMaterialization]:
+    """The materializations of ``asset`` in a run (whatever step produced them)."""
+    key = dg.AssetKey(asset)
+    found = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key == key:
+            found.append(materialization)
+    return found

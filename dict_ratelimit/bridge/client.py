@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,12 @@ from google.protobuf.duration_pb2 import Duration
 from dict_ratelimit.bridge.errors import BridgeError, classify
 from dict_ratelimit.bridge.v1 import rate_limit_pb2 as pb
 from dict_ratelimit.bridge.v1 import rate_limit_pb2_grpc as pb_grpc
-from dict_ratelimit.domain.readings import RawListing, RawPolicy
+from dict_ratelimit.domain.readings import InvalidReading, RawListing, RawPolicy
+from dict_ratelimit.domain.request_stats import (
+    RawRequestStats,
+    RequestStats,
+    validate_request_stats,
+)
 
 
 def read_pem(value: str | None) -> bytes | None:
@@ -52,41 +57,38 @@ class TlsConfig:
         )
 
 
-@dataclass(frozen=True)
-class RequestStats:
-    """DICT responses by HTTP status per policy over a window, as the Bridge counted them."""
+def _instant(ispb: str, field: str, message, present: bool) -> dt.datetime | None:  # type: ignore[no-untyped-def]
+    """A protobuf Timestamp as an aware datetime; None when absent. Seconds or nanos that no
+    datetime can hold (a hostile or broken Bridge) name the participant and the field."""
+    if not present:
+        return None
+    try:
+        return message.ToDatetime(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
+    except (ValueError, OverflowError, OSError) as error:
+        raise InvalidReading(
+            ispb, field, f"not a valid timestamp (seconds={message.seconds}, nanos={message.nanos})"
+        ) from error
 
-    window_start: dt.datetime
-    window_end: dt.datetime
-    by_policy: dict[str, dict[int, int]] = field(default_factory=dict)
 
-    def not_found_share(self, policy: str) -> float | None:
-        """Share of 404 among the policy's responses; None when there were none."""
-        counts = self.by_policy.get(policy)
-        total = sum(counts.values()) if counts else 0
-        if not total:
-            return None
-        return counts.get(404, 0) / total  # type: ignore[union-attr]
+def _number(policy, name: str) -> int | None:  # type: ignore[no-untyped-def]
+    return getattr(policy, name) if policy.HasField(name) else None
 
 
 def _listing(ispb: str, response, policies) -> RawListing:  # type: ignore[no-untyped-def]
-    response_time = (
-        response.response_time.ToDatetime(tzinfo=dt.timezone.utc)
-        if response.HasField("response_time")
-        else None
-    )
     return RawListing(
         ispb=ispb,
-        response_time=response_time,
+        response_time=_instant(
+            ispb, "ResponseTime", response.response_time, response.HasField("response_time")
+        ),
         correlation_id=response.correlation_id,
         category=response.category,
         policies=tuple(
             RawPolicy(
                 name=p.name,
-                available_tokens=p.available_tokens,
-                capacity=p.capacity,
-                refill_tokens=p.refill_tokens,
-                refill_period_sec=p.refill_period_sec,
+                available_tokens=_number(p, "available_tokens"),
+                capacity=_number(p, "capacity"),
+                refill_tokens=_number(p, "refill_tokens"),
+                refill_period_sec=_number(p, "refill_period_sec"),
             )
             for p in policies
         ),
@@ -151,10 +153,13 @@ class BridgeClient:
             self._stub.GetPolicy,
             pb.GetPolicyRequest(participant=ispb, policy=policy),
         )
-        return _listing(ispb, response, [response.policy])
+        return _listing(ispb, response, [response.policy] if response.HasField("policy") else [])
 
     def request_stats(self, ispb: str, window: dt.timedelta) -> RequestStats | None:
-        """Per-policy response counts, or None when the Bridge does not implement the call."""
+        """Per-policy response counts, or None when the Bridge does not implement the call.
+
+        Raises :class:`InvalidRequestStats` (an :class:`InvalidReading`) for an unusable answer.
+        """
         duration = Duration()
         duration.FromTimedelta(window)
         try:
@@ -168,11 +173,16 @@ class BridgeClient:
             if error.code == grpc.StatusCode.UNIMPLEMENTED:
                 return None
             raise
-        return RequestStats(
-            window_start=response.window_start.ToDatetime(tzinfo=dt.timezone.utc),
-            window_end=response.window_end.ToDatetime(tzinfo=dt.timezone.utc),
-            by_policy={
-                item.policy: {c.http_status: c.count for c in item.responses}
+        raw = RawRequestStats(
+            window_start=_instant(
+                ispb, "window_start", response.window_start, response.HasField("window_start")
+            ),
+            window_end=_instant(
+                ispb, "window_end", response.window_end, response.HasField("window_end")
+            ),
+            policies=tuple(
+                (item.policy, tuple((c.http_status, c.count) for c in item.responses))
                 for item in response.policies
-            },
+            ),
         )
+        return validate_request_stats(ispb, raw)

@@ -2,7 +2,9 @@
 
 A participant's answer is accepted whole or not at all. Retryable failures are retried
 (honouring ``retry-after``) while the sweep's time budget lasts; the rest are reported with
-their class so the caller can decide what the run should say.
+their class so the caller can decide what the run should say. Whatever goes wrong with one
+participant (a Bridge error, an answer that fails validation, an exception nobody foresaw) is
+that participant's failure alone: the sweep of the others goes on and is stored.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dict_ratelimit.bridge.client import BridgeClient, RequestStats
+from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.bridge.errors import BridgeError
+from dict_ratelimit.clock import Clock, SystemClock
 from dict_ratelimit.domain.readings import InvalidReading, PolicyReading, validate_listing
+from dict_ratelimit.domain.request_stats import RequestStats
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +35,11 @@ class ParticipantFailure:
     """Why one participant has no reading this sweep."""
 
     ispb: str
-    error_class: str  # "unavailable", "deadline_exceeded", "invalid_reading", ...
+    error_class: str  # "unavailable", "deadline_exceeded", "invalid_reading", "unexpected_error"
     retryable: bool
     message: str
     attempts: int
+    field: str | None = None  # the offending field of an invalid reading
 
 
 @dataclass
@@ -87,21 +92,29 @@ def poll_participants(
     max_concurrency: int = 16,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     stats_window: dt.timedelta | None = None,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    clock: Clock | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PollResult:
     """Poll every participant once (plus retries); never raises for a participant's failure."""
-    polled_at = now()
+    polled_at = (clock or SystemClock()).now()
     deadline = time.monotonic() + budget_seconds
     result = PollResult(polled_at=polled_at)
 
     def fetch_stats(ispb: str) -> None:
-        """The Bridge's response counts; a failure here only makes the 404 share unknown."""
+        """The Bridge's response counts; any failure here only makes them unknown."""
         try:
             stats = client.request_stats(ispb, stats_window)  # type: ignore[arg-type]
         except BridgeError as error:
             result.stats_unavailable[ispb] = error.error_class
             log.warning("request stats unavailable: %s", error)
+            return
+        except InvalidReading as error:
+            result.stats_unavailable[ispb] = f"invalid_stats: {error.field}: {error.problem}"
+            log.warning("request stats refused: %s", error)
+            return
+        except Exception as error:  # an answer nobody foresaw: still optional
+            result.stats_unavailable[ispb] = f"unexpected_error: {type(error).__name__}"
+            log.exception("request stats of %s failed unexpectedly", ispb)
             return
         if stats is None:
             result.stats_unavailable[ispb] = "unimplemented"
@@ -122,13 +135,10 @@ def poll_participants(
                     known_policies,
                     max_skew=max_skew,
                 )
-                if stats_window is not None:
-                    fetch_stats(ispb)
-                return
             except InvalidReading as error:
                 log.warning("rejected reading: %s", error)
                 result.failures[ispb] = ParticipantFailure(
-                    ispb, "invalid_reading", False, str(error), attempt
+                    ispb, "invalid_reading", False, str(error), attempt, error.field
                 )
                 return
             except BridgeError as error:
@@ -146,6 +156,20 @@ def poll_participants(
                     )
                     return
                 sleep(wait)
+                continue
+            except Exception as error:  # a bug or an answer nobody foresaw: this one only
+                log.exception("reading participant %s failed unexpectedly", ispb)
+                result.failures[ispb] = ParticipantFailure(
+                    ispb,
+                    "unexpected_error",
+                    False,
+                    f"participant {ispb}: unexpected {type(error).__name__}: {error}",
+                    attempt,
+                )
+                return
+            if stats_window is not None:
+                fetch_stats(ispb)
+            return
 
     workers = max(1, min(max_concurrency, len(ispbs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-poll") as pool:

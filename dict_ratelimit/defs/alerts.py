@@ -13,8 +13,14 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from dict_ratelimit.defs.metrics import threshold_evaluations
-from dict_ratelimit.defs.resources import AlertRulesResource, BridgeResource, PostgresResource
+from dict_ratelimit.clock import SystemClock
+from dict_ratelimit.defs.metrics import THRESHOLD_EVALUATIONS
+from dict_ratelimit.defs.resources import (
+    AlertRulesResource,
+    BridgeResource,
+    ClockResource,
+    PostgresResource,
+)
 from dict_ratelimit.defs.tags import SERIAL_TAG
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 from dict_ratelimit.storage.outbox import backlog
@@ -42,7 +48,7 @@ def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _metadata(report: AlertReport, waiting: int, table: str) -> dict[str, object]:
+def _metadata(report: AlertReport, waiting: int, table: str, report_now: str) -> dict[str, object]:
     kinds: dict[str, int] = {}
     for transition in report.transitions:
         kinds[transition.kind.value] = kinds.get(transition.kind.value, 0) + 1
@@ -56,12 +62,13 @@ def _metadata(report: AlertReport, waiting: int, table: str) -> dict[str, object
         "open_nodata": report.nodata_open,
         "outbox_unpublished": waiting,
         "open_alerts": dg.MetadataValue.md(table),
+        "now": report_now,
         **{name: round(value, 3) for name, value in report.timings.items()},
     }
 
 
 @dg.asset(
-    deps=[threshold_evaluations],
+    deps=[THRESHOLD_EVALUATIONS],
     group_name="dict",
     kinds={"postgres"},
     description="Alert episodes (dict_ratelimit.alert) and their events in the outbox "
@@ -73,20 +80,23 @@ def alerts(
     postgres: PostgresResource,
     bridge: BridgeResource,
     alert_rules: AlertRulesResource,
+    clock: ClockResource,
 ) -> dg.MaterializeResult:
     rules = alert_rules.rules()
+    now = clock.clock().now()
     with postgres.engine.begin() as connection:
         report = apply_evaluations(
             connection,
             rules,
             participants=bridge.participant_list(),
+            now=now,
             source=alert_rules.event_source,
         )
         waiting = backlog(connection)
         table = _open_alerts_table(connection)
     for transition in report.transitions:
         context.log.info(f"{transition.kind.value} {transition.event_id}: {transition.message}")
-    return dg.MaterializeResult(metadata=_metadata(report, waiting, table))
+    return dg.MaterializeResult(metadata=_metadata(report, waiting, table, now.isoformat()))
 
 
 alert_watchdog_job = dg.define_asset_job(
@@ -114,7 +124,7 @@ def alert_watchdog_schedule(
         f"{healthy_within.total_seconds() / 60:.0f} minutes, apply staleness to the alerts.",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
-        now = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        now = context.scheduled_execution_time or SystemClock().now()
         latest = context.instance.get_runs(
             dg.RunsFilter(job_name="monitor_job", statuses=[dg.DagsterRunStatus.SUCCESS]),
             limit=1,

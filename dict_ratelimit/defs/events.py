@@ -12,7 +12,7 @@ import time
 
 import dagster as dg
 
-from dict_ratelimit.defs.resources import PostgresResource, PulsarResource
+from dict_ratelimit.defs.resources import ClockResource, PostgresResource, PulsarResource
 from dict_ratelimit.events.publisher import publish
 from dict_ratelimit.storage.outbox import backlog, mark_published, record_failure, unpublished
 
@@ -32,6 +32,7 @@ def publish_alert_events(
     context: dg.SensorEvaluationContext,
     postgres: PostgresResource,
     pulsar: PulsarResource,
+    clock: ClockResource,
 ) -> dg.SensorResult:
     started = time.monotonic()
     target = pulsar.target()
@@ -47,7 +48,11 @@ def publish_alert_events(
     if not rows:
         return dg.SensorResult(skip_reason="outbox empty: nothing to publish")
     outcome = publish(
-        target, rows, deadline=started + pulsar.time_budget_seconds, log=context.log.info
+        target,
+        rows,
+        deadline=started + pulsar.time_budget_seconds,
+        log=context.log.info,
+        clock=clock.clock(),
     )
     with engine.begin() as connection:
         mark_published(connection, outcome.receipts)

@@ -1,11 +1,15 @@
 """``monitor_job`` and its schedule: one in-process run per tick, never two at once."""
 
-import datetime as dt
-
 import dagster as dg
 
+from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.defs.alerts import alerts
-from dict_ratelimit.defs.metrics import INCREMENTAL, MODE_TAG, policy_metrics, threshold_evaluations
+from dict_ratelimit.defs.metrics import (
+    INCREMENTAL,
+    MODE_TAG,
+    derive_metrics_and_levels,
+    tick_partition,
+)
 from dict_ratelimit.defs.snapshots import policy_snapshots
 from dict_ratelimit.defs.tags import SERIAL_TAG
 
@@ -20,9 +24,7 @@ ACTIVE_STATUSES = [
 
 monitor_job = dg.define_asset_job(
     "monitor_job",
-    selection=dg.AssetSelection.assets(
-        policy_snapshots, policy_metrics, threshold_evaluations, alerts
-    ),
+    selection=dg.AssetSelection.assets(policy_snapshots, derive_metrics_and_levels, alerts),
     executor_def=dg.in_process_executor,
     tags=SERIAL_TAG,
     description="One monitoring tick: read every participant's DICT buckets, store them, "
@@ -33,7 +35,7 @@ monitor_job = dg.define_asset_job(
 
 metrics_job = dg.define_asset_job(
     "metrics_job",
-    selection=dg.AssetSelection.assets(policy_metrics, threshold_evaluations),
+    selection=dg.AssetSelection.assets(derive_metrics_and_levels),
     executor_def=dg.in_process_executor,
     tags=SERIAL_TAG,  # never at the same time as a monitor tick writing the same tables
     description="Recompute metrics and evaluations of a day or a range of days from the stored "
@@ -59,10 +61,10 @@ def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
         )
         if active:
             return dg.SkipReason(f"{active} monitor run(s) still queued or running")
-        scheduled = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        scheduled = context.scheduled_execution_time or SystemClock().now()
         return dg.RunRequest(
             run_key=scheduled.isoformat(),
-            partition_key=scheduled.astimezone(dt.timezone.utc).strftime("%Y-%m-%d"),
+            partition_key=tick_partition(scheduled),
             tags=TICK_TAGS,
         )
 

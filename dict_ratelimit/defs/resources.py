@@ -9,6 +9,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
+from dict_ratelimit.clock import Clock, clock_at
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.domain.readings import ISPB_PATTERN
@@ -50,6 +51,17 @@ class PostgresResource(dg.ConfigurableResource):
                 self.database_url, connect_timeout=self.connect_timeout_seconds
             )
         return self._engine
+
+
+class ClockResource(dg.ConfigurableResource):
+    """Where "now" comes from for every decision of a run (staleness, the watchdog, the poll's
+    own time). Unset: the wall clock. ``frozen_at`` (an ISO instant) pins it: replays, tests,
+    and a tick run against a simulator whose clock is not ours."""
+
+    frozen_at: str | None = None
+
+    def clock(self) -> Clock:
+        return clock_at(self.frozen_at)
 
 
 class BridgeResource(dg.ConfigurableResource):
@@ -231,4 +243,5 @@ def default_resources() -> dict[str, object]:
         "thresholds": ThresholdsResource(path=_optional_env("DICT_RATELIMIT_THRESHOLDS_FILE")),
         "alert_rules": alert_rules_from_env(),
         "pulsar": pulsar_from_env(),
+        "clock": ClockResource(),
     }

@@ -10,7 +10,7 @@ import time
 import dagster as dg
 from pydantic import Field, ValidationInfo, field_validator
 
-from dict_ratelimit.defs.resources import PostgresResource
+from dict_ratelimit.defs.resources import ClockResource, PostgresResource
 from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.storage.outbox import purge_published
 from dict_ratelimit.storage.partitions import apply_retention
@@ -41,7 +41,8 @@ class RetentionConfig(dg.Config):
         "unpublished events are never deleted",
     )
     today: str | None = Field(
-        default=None, description="ISO date to act as 'today' (UTC); default: the real date"
+        default=None,
+        description="ISO date to act as 'today' (UTC); default: the day of the run's clock",
     )
 
     @field_validator("retention_months")
@@ -80,10 +81,10 @@ class RetentionConfig(dg.Config):
             retention_months=self.retention_months, months_ahead=self.months_ahead
         )
 
-    def today_date(self) -> dt.date:
+    def today_date(self, now: dt.datetime) -> dt.date:
         if self.today is not None:
             return dt.date.fromisoformat(self.today)
-        return dt.datetime.now(dt.timezone.utc).date()
+        return now.astimezone(dt.timezone.utc).date()
 
 
 def purge_old_runs(instance: dg.DagsterInstance, older_than_days: int, now: dt.datetime) -> int:
@@ -106,21 +107,22 @@ def purge_old_runs(instance: dg.DagsterInstance, older_than_days: int, now: dt.d
 
 @dg.op(description="Create upcoming monthly partitions, drop expired ones, purge old runs.")
 def maintain_partitions(
-    context: dg.OpExecutionContext, config: RetentionConfig, postgres: PostgresResource
+    context: dg.OpExecutionContext,
+    config: RetentionConfig,
+    postgres: PostgresResource,
+    clock: ClockResource,
 ) -> dict:
     """Apply the retention policy to every partitioned table; report it as output metadata."""
     policy = config.policy()
-    today = config.today_date()
+    now = clock.clock().now()
+    today = config.today_date(now)
     started = time.perf_counter()
     changes = apply_retention(postgres.engine, policy, today)
     partitions_seconds = time.perf_counter() - started
-    runs_deleted = purge_old_runs(
-        context.instance, config.dagster_run_retention_days, dt.datetime.now(dt.timezone.utc)
-    )
+    runs_deleted = purge_old_runs(context.instance, config.dagster_run_retention_days, now)
     with postgres.engine.begin() as connection:
         events_purged = purge_published(
-            connection,
-            dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=config.published_events_days),
+            connection, now - dt.timedelta(days=config.published_events_days)
         )
     for name in changes.created:
         context.log.info(f"created partition {name}")

@@ -1,8 +1,9 @@
 """``policy_snapshots``: one sweep of every monitored participant's DICT buckets.
 
-Thin by design: poll (bridge.poller), compare with the previous readings (domain), store
-(storage.snapshots), and report. A participant that fails is reported by the ERROR check
-``complete_reading`` while the others are stored; nothing partial is stored for it.
+Thin by design: poll (bridge.poller), store (pipeline.store, which also compares with the
+previous readings), and report. A participant that fails is reported by the ERROR check
+``complete_reading``, named with its error class and the offending field, while the others
+are stored; nothing partial is stored for it.
 """
 
 import contextlib
@@ -16,11 +17,13 @@ import dagster as dg
 import sqlalchemy as sa
 
 from dict_ratelimit.bridge.poller import PollResult, poll_participants
-from dict_ratelimit.defs.resources import BridgeResource, PostgresResource
-from dict_ratelimit.domain.readings import shape_changes, vanished_policies
-from dict_ratelimit.storage.metrics import store_request_stats
-from dict_ratelimit.storage.snapshots import previous_readings, store_readings
-from dict_ratelimit.storage.ticks import record_tick
+from dict_ratelimit.defs.resources import BridgeResource, ClockResource, PostgresResource
+from dict_ratelimit.pipeline.store import (
+    failures_by_class,
+    record_failed_sweep,
+    response_time_range,
+    store_sweep,
+)
 
 DICT_BRIDGE = dg.AssetSpec(
     "dict_bridge",
@@ -69,7 +72,10 @@ def _worst(result: PollResult) -> dict[str, object]:
     ],
 )
 def policy_snapshots(
-    context: dg.AssetExecutionContext, bridge: BridgeResource, postgres: PostgresResource
+    context: dg.AssetExecutionContext,
+    bridge: BridgeResource,
+    postgres: PostgresResource,
+    clock: ClockResource,
 ) -> dg.MaterializeResult:
     ispbs = bridge.participant_list()
     if bridge.poll_jitter_seconds > 0:
@@ -78,12 +84,8 @@ def policy_snapshots(
         time.sleep(random.uniform(0, bridge.poll_jitter_seconds))
 
     started = time.perf_counter()
-    with _retry_if_database_down(context, bridge):
-        with postgres.engine.connect() as connection:
-            previous = previous_readings(connection, ispbs)
     client = bridge.client()
     try:
-        poll_started = time.perf_counter()
         result = poll_participants(
             client,
             ispbs,
@@ -95,23 +97,12 @@ def policy_snapshots(
             stats_window=dt.timedelta(seconds=bridge.request_stats_window_seconds)
             if bridge.request_stats_window_seconds > 0
             else None,
+            clock=clock.clock(),
         )
-        bridge_seconds = time.perf_counter() - poll_started
     finally:
         client.close()
+    bridge_seconds = time.perf_counter() - started
 
-    failures_by_class: dict[str, int] = {}
-    for failure in result.failures.values():
-        failures_by_class[failure.error_class] = failures_by_class.get(failure.error_class, 0) + 1
-    tick = {
-        "polled_at": result.polled_at,
-        "participants": len(ispbs),
-        "answered": len(result.readings),
-        "failed": len(result.failures),
-        "readings": len(result.all_readings),
-        "bridge_errors": failures_by_class,
-        "bridge_seconds": bridge_seconds,
-    }
     if (
         not result.readings
         and result.failures
@@ -119,45 +110,56 @@ def policy_snapshots(
     ):
         # Nobody answered and it may be transient (Bridge restarting, DICT 503): retry the
         # whole step rather than report a tick of nothing (the failed sweep is still counted).
-        with _retry_if_database_down(context, bridge), postgres.engine.begin() as connection:
-            record_tick(connection, duration_seconds=time.perf_counter() - started, **tick)
+        with _retry_if_database_down(context, bridge):
+            record_failed_sweep(
+                postgres.engine,
+                result,
+                participants=len(ispbs),
+                bridge_seconds=bridge_seconds,
+                duration_seconds=time.perf_counter() - started,
+            )
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=bridge.retry_wait_seconds)
 
     insert_started = time.perf_counter()
     with _retry_if_database_down(context, bridge):
-        with postgres.engine.begin() as connection:
-            inserted = store_readings(connection, result.all_readings)
-            stats_rows = store_request_stats(connection, result.request_stats_rows())
-            record_tick(connection, duration_seconds=time.perf_counter() - started, **tick)
+        stored = store_sweep(
+            postgres.engine,
+            result,
+            participants=len(ispbs),
+            bridge_seconds=bridge_seconds,
+            duration_seconds=time.perf_counter() - started,
+        )
     insert_seconds = time.perf_counter() - insert_started
 
-    answered = set(result.readings)
-    vanished = vanished_policies(previous.last_sweep, result.all_readings, answered)
-    changes = shape_changes(previous.shapes, result.all_readings)
     for failure in result.failures.values():
         context.log.error(f"no reading for {failure.ispb}: {failure.message}")
-    for ispb, policy in vanished:
+    for ispb, policy in stored.vanished:
         context.log.error(f"policy {policy} of {ispb} vanished from DICT's answer")
+    for ispb, why in sorted(result.stats_unavailable.items()):
+        if why != "unimplemented":
+            context.log.warning(f"request stats of {ispb} unknown this sweep: {why}")
 
-    response_times = sorted({r.response_time for r in result.all_readings})
+    first, last = response_time_range(result)
     latencies = list(result.latency_seconds.values())
     metadata: dict[str, object] = {
-        "rows_inserted": inserted,
-        "request_stats_rows": stats_rows,
+        "rows_inserted": stored.stored.inserted,
+        "late_successors_requeued": stored.stored.late_successors,
+        "queued_for_metrics": stored.stored.queued,
+        "request_stats_rows": stored.request_stats_rows,
         "request_stats_unavailable": dg.MetadataValue.json(result.stats_unavailable),
         "readings": len(result.all_readings),
         "participants_monitored": len(ispbs),
-        "participants_answered": len(answered),
+        "participants_answered": len(result.readings),
         "participants_failed": dg.MetadataValue.json(
             {f.ispb: f"{f.error_class}: {f.message}" for f in result.failures.values()}
         ),
-        "bridge_errors_by_class": dg.MetadataValue.json(failures_by_class),
+        "bridge_errors_by_class": dg.MetadataValue.json(failures_by_class(result)),
         "polled_at": result.polled_at.isoformat(),
         "poll_second_of_minute": round(
             result.polled_at.second + result.polled_at.microsecond / 1e6, 3
         ),
-        "dict_response_time_min": response_times[0].isoformat() if response_times else "",
-        "dict_response_time_max": response_times[-1].isoformat() if response_times else "",
+        "dict_response_time_min": first.isoformat() if first else "",
+        "dict_response_time_max": last.isoformat() if last else "",
         "bridge_latency_p50_seconds": round(statistics.median(latencies), 4) if latencies else 0.0,
         "bridge_latency_max_seconds": round(max(latencies), 4) if latencies else 0.0,
         "bridge_seconds": round(bridge_seconds, 4),
@@ -167,19 +169,22 @@ def policy_snapshots(
     }
     complete = dg.AssetCheckResult(
         check_name=COMPLETE_READING,
-        passed=not result.failures and not vanished,
+        passed=not result.failures and not stored.vanished,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "missing_participants": dg.MetadataValue.json(sorted(result.failures)),
-            "vanished_policies": dg.MetadataValue.json([f"{i}/{p}" for i, p in vanished]),
+            "invalid_fields": dg.MetadataValue.json(
+                {f.ispb: f.field for f in result.failures.values() if f.field}
+            ),
+            "vanished_policies": dg.MetadataValue.json([f"{i}/{p}" for i, p in stored.vanished]),
         },
-        description=_describe_completeness(result, vanished),
+        description=_describe_completeness(result, stored.vanished),
     )
     shape = dg.AssetCheckResult(
         check_name=BUCKET_SHAPE_UNCHANGED,
-        passed=not changes,
+        passed=not stored.shape_changes,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"changes": dg.MetadataValue.json([c.describe() for c in changes])},
+        metadata={"changes": dg.MetadataValue.json([c.describe() for c in stored.shape_changes])},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[complete, shape])
 
@@ -198,6 +203,9 @@ def _retry_if_database_down(
 
 
 def _describe_completeness(result: PollResult, vanished: list[tuple[str, str]]) -> str:
-    parts = [f"{f.ispb}: {f.error_class}" for f in result.failures.values()]
+    parts = [
+        f"{f.ispb}: {f.error_class}" + (f" ({f.field})" if f.field else "")
+        for f in result.failures.values()
+    ]
     parts += [f"{ispb}/{policy} vanished" for ispb, policy in vanished]
     return "; ".join(parts) if parts else "every participant answered with every policy"

@@ -73,6 +73,12 @@ class Observation:
     clear_ratio: float
     demand_per_min: float | None = None
     refill_per_min: float | None = None
+    received_at: dt.datetime | None = None  # our clock when the reading reached us
+
+    @property
+    def received(self) -> dt.datetime:
+        """When the reading reached us (our clock); DICT's time when that is unknown."""
+        return self.received_at or self.at
 
     @property
     def remaining_ratio(self) -> float:
@@ -116,6 +122,12 @@ class Episode:
     resolved_at: dt.datetime | None = None
     calm_streak: int = 0  # consecutive readings below the current severity
     calm_level: Level | None = None  # the worst of those readings
+    last_received_at: dt.datetime | None = None  # our clock: when the newest reading came
+
+    @property
+    def freshness(self) -> dt.datetime:
+        """Our clock's time of the newest reading (DICT's time for episodes stored before)."""
+        return self.last_received_at or self.last_observed_at
 
     @property
     def is_open(self) -> bool:
@@ -128,10 +140,16 @@ class Track:
 
     ispb: str
     policy: str
-    last_observed_at: dt.datetime | None = None
+    last_observed_at: dt.datetime | None = None  # DICT time of the newest evaluation applied
     category: str | None = None
     fire_streak: int = 0
     episode: Episode | None = None  # the open episode, if any
+    last_received_at: dt.datetime | None = None  # our clock: when that reading reached us
+
+    @property
+    def freshness(self) -> dt.datetime | None:
+        """Our clock's time of the newest reading (DICT's time for tracks stored before)."""
+        return self.last_received_at or self.last_observed_at
 
 
 @dataclass(frozen=True)

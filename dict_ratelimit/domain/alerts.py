@@ -16,7 +16,10 @@ refill phases swings between CRITICAL and WARNING every tick; without this, each
 page someone.
 
 No fresh reading for longer than ``stale_after`` puts an open episode in NODATA (an event, not a
-resolution); the next reading brings it back. A participant whose readings stop altogether
+resolution); the next reading brings it back. Freshness is measured on *our* clock (when a
+reading reached us), never by comparing DICT's ResponseTime with our "now": a DICT clock running
+20 minutes behind ours would otherwise make every reading stale on arrival, and a CRITICAL
+evaluation would turn into NODATA instead of an alert. A participant whose readings stop altogether
 gets one participant-level NODATA episode (policy ``*``): the monitor's dead man's switch.
 A participant's category change is an event of its own.
 
@@ -71,6 +74,7 @@ def _open(track: Track, obs: Observation) -> Transition:
         reasons=obs.reasons,
         message="",
         sequence=1,
+        last_received_at=obs.received,
     )
     episode = replace(episode, message=compose_message(Kind.OPENED, episode, obs, obs.at))
     return Transition(Kind.OPENED, obs.at, obs.ispb, obs.policy, episode, obs.level, None, obs,
@@ -121,7 +125,13 @@ def apply(track: Track, obs: Observation, rules: AlertRules) -> tuple[Track, lis
         return track, []
     alarming = obs.level >= Level.WARNING
     fire_streak = track.fire_streak + 1 if alarming else 0
-    track = replace(track, last_observed_at=obs.at, category=obs.category, fire_streak=fire_streak)
+    track = replace(
+        track,
+        last_observed_at=obs.at,
+        last_received_at=obs.received,
+        category=obs.category,
+        fire_streak=fire_streak,
+    )
     episode = track.episode
     if episode is None:
         if alarming and fire_streak >= rules.fire_after:
@@ -133,6 +143,7 @@ def apply(track: Track, obs: Observation, rules: AlertRules) -> tuple[Track, lis
     episode = replace(
         episode,
         last_observed_at=obs.at,
+        last_received_at=obs.received,
         category=obs.category,
         **_lowest(episode, obs),
     )
@@ -159,7 +170,17 @@ def apply(track: Track, obs: Observation, rules: AlertRules) -> tuple[Track, lis
         reasons=obs.reasons if alarming else episode.reasons,
     )
     if clear_streak >= rules.clear_after:
-        resolved = replace(episode, status=Status.RESOLVED, resolved_at=obs.at)
+        # The episode resolves at the severity it had until now (the clear readings that
+        # resolve it may also have de-escalated it, which would tell the pager "WARNING" about
+        # an episode that was only ever CRITICAL), with this reading's (empty) reasons rather
+        # than the forecast of an older reading.
+        resolved = replace(
+            episode,
+            status=Status.RESOLVED,
+            resolved_at=obs.at,
+            severity=previous,
+            reasons=obs.reasons,
+        )
         resolved, transition = _emit(Kind.RESOLVED, resolved, obs, obs.at, previous, "RESOLVED")
         transitions.append(transition)
         return replace(track, episode=None, fire_streak=0), transitions
@@ -182,7 +203,7 @@ def check_stale(
     episode = track.episode
     if episode is None or episode.status != Status.OPEN:
         return track, []
-    if now - episode.last_observed_at <= rules.stale_after:
+    if now - episode.freshness <= rules.stale_after:
         return track, []
     stale = replace(episode, status=Status.NODATA, clear_streak=0, calm_streak=0, calm_level=None)
     stale, transition = _emit(Kind.NODATA, stale, None, now, episode.severity, "NODATA")
@@ -191,22 +212,24 @@ def check_stale(
 
 def check_participant(
     track: Track,
-    newest_reading_at: dt.datetime | None,
+    newest: tuple[dt.datetime, dt.datetime] | None,
     category: str | None,
     now: dt.datetime,
     rules: AlertRules,
 ) -> tuple[Track, list[Transition]]:
     """The participant-level track (policy ``*``): category changes and the dead man's switch.
 
-    ``newest_reading_at`` is the participant's newest snapshot (None: never read). Its NODATA
-    episode opens when that is older than ``stale_after`` and resolves with the next reading.
+    ``newest`` is the participant's newest evaluated reading as (DICT time, our receipt time);
+    None: never read. Its NODATA episode opens when the receipt is older than ``stale_after``
+    on our clock, and resolves with the next reading.
     """
+    newest_at, newest_received = newest if newest is not None else (None, None)
     transitions: list[Transition] = []
     if category is not None and track.category is not None and category != track.category:
         transitions.append(
             Transition(
                 Kind.CATEGORY_CHANGED,
-                newest_reading_at or now,
+                newest_at or now,
                 track.ispb,
                 PARTICIPANT,
                 None,
@@ -221,10 +244,11 @@ def check_participant(
         )
     if category is not None:
         track = replace(track, category=category)
-    reference = newest_reading_at or track.last_observed_at
-    if reference is None:  # never read: start the clock now, no alert yet
-        return replace(track, last_observed_at=now), transitions
-    stale = now - reference > rules.stale_after
+    fresh = newest_received or track.freshness
+    if fresh is None:  # never read: start the clock now, no alert yet
+        return replace(track, last_received_at=now), transitions
+    last_seen = newest_at or track.last_observed_at
+    stale = now - fresh > rules.stale_after
     episode = track.episode
     if stale and episode is None:
         opened = Episode(
@@ -236,7 +260,8 @@ def check_participant(
             status=Status.NODATA,
             severity=Level.CRITICAL,
             peak_severity=Level.CRITICAL,
-            last_observed_at=reference,
+            last_observed_at=last_seen or fresh,
+            last_received_at=fresh,
             lowest_remaining_ratio=None,
             lowest_available_tokens=None,
             severity_history=((iso(now), "NODATA"),),
@@ -250,7 +275,7 @@ def check_participant(
             ),
             message=(
                 f"NODATA: no DICT reading of participant {track.ispb} "
-                + (f"since {clock(newest_reading_at)}" if newest_reading_at else "yet")
+                + (f"since {clock(last_seen)}" if last_seen else "yet")
                 + f" (more than {duration(rules.stale_after.total_seconds())}): its buckets "
                 "are not being watched."
             ),
@@ -269,35 +294,36 @@ def check_participant(
                 opened.message,
             )
         )
-        track = replace(track, episode=opened, last_observed_at=reference)
-    elif not stale and episode is not None and newest_reading_at is not None:
+        track = replace(track, episode=opened)
+    elif not stale and episode is not None and newest_at is not None:
         resolved = replace(
             episode,
             status=Status.RESOLVED,
-            resolved_at=newest_reading_at,
-            last_observed_at=newest_reading_at,
+            resolved_at=newest_at,
+            last_observed_at=newest_at,
+            last_received_at=newest_received,
             sequence=episode.sequence + 1,
-            severity_history=(*episode.severity_history, (iso(newest_reading_at), "RESOLVED")),
+            severity_history=(*episode.severity_history, (iso(newest_at), "RESOLVED")),
             message=f"RESOLVED: readings of participant {track.ispb} are back "
-            f"({clock(newest_reading_at)}) after "
-            f"{duration((newest_reading_at - episode.opened_at).total_seconds())} without.",
+            f"({clock(newest_at)}) after "
+            f"{duration(max(0.0, (newest_at - episode.opened_at).total_seconds()))} without.",
         )
         transitions.append(
             Transition(
                 Kind.RESOLVED,
-                newest_reading_at,
+                newest_at,
                 track.ispb,
                 PARTICIPANT,
                 resolved,
-                None,
+                Level.CRITICAL,
                 Level.CRITICAL,
                 None,
                 resolved.message,
             )
         )
-        track = replace(track, episode=None, last_observed_at=newest_reading_at)
-    elif newest_reading_at is not None:
-        track = replace(track, last_observed_at=newest_reading_at)
+        track = replace(track, episode=None)
+    if newest is not None:
+        track = replace(track, last_observed_at=newest_at, last_received_at=newest_received)
     return track, transitions
 
 
@@ -331,24 +357,26 @@ def advance(
         track = updated.get(identity) or Track(*identity)
         updated[identity], emitted = apply_all(track, batch, rules)
         transitions.extend(emitted)
-    newest: dict[str, tuple[dt.datetime, str | None]] = {}
+    # per participant: its newest evaluated reading (DICT time, receipt time) and category
+    newest: dict[str, tuple[tuple[dt.datetime, dt.datetime], str | None]] = {}
     for (ispb, policy), track in updated.items():
         if policy == PARTICIPANT:
             continue
         track, emitted = check_stale(track, now, rules)
         updated[(ispb, policy)] = track
         transitions.extend(emitted)
-        if track.last_observed_at is not None and (
-            ispb not in newest or track.last_observed_at > newest[ispb][0]
-        ):
-            newest[ispb] = (track.last_observed_at, track.category)
+        fresh = track.freshness
+        if track.last_observed_at is None or fresh is None:
+            continue
+        if ispb not in newest or fresh > newest[ispb][0][1]:
+            newest[ispb] = ((track.last_observed_at, fresh), track.category)
     # the monitored participants; without a list, every participant the tracks know
     watched = set(participants) or {ispb for ispb, policy in updated if policy != PARTICIPANT}
     for ispb in sorted(watched):
         identity = (ispb, PARTICIPANT)
         track = updated.get(identity) or Track(ispb, PARTICIPANT)
-        newest_at, category = newest.get(ispb, (None, None))
-        updated[identity], emitted = check_participant(track, newest_at, category, now, rules)
+        reading, category = newest.get(ispb, (None, None))
+        updated[identity], emitted = check_participant(track, reading, category, now, rules)
         transitions.extend(emitted)
     transitions.sort(key=lambda t: t.at)  # stable: keeps per-identity order at equal times
     return updated, transitions

@@ -23,6 +23,10 @@ from dict_ratelimit.domain.bucket_math import KEEPS_UP
 STEPPED_PHASE_FRACTIONS = (0.125, 0.375, 0.625, 0.875)
 #: Windows longer than this (monitor down, gap in readings) get no demand estimate.
 MAX_ESTIMATE_WINDOW_SECONDS = 3600.0
+#: Readings closer than this (a manual tick seconds after the scheduled one) get no demand
+#: estimate: one token over 9 s already reads as 6.7/min, and a stepped refill may or may not
+#: have fallen inside so short a window.
+MIN_ESTIMATE_WINDOW_SECONDS = 10.0
 BISECTION_STEPS = 44
 EPSILON = 1e-9
 
@@ -39,6 +43,7 @@ class SnapshotPairs:
     elapsed: np.ndarray  # seconds since the previous reading (NaN: none)
     shape_changed: np.ndarray  # bool: capacity or refill differ from the previous reading
     max_overdraft: np.ndarray  # most a single request can overdraw (its cost - 1)
+    own_calls: np.ndarray | None = None  # tokens the monitor itself spent in between
 
 
 def _drain(level: np.ndarray, demand: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -197,13 +202,19 @@ def compute_metrics(pairs: SnapshotPairs, clear_ratio: np.ndarray) -> dict[str, 
     elapsed = pairs.elapsed.astype(float)
     n = len(a1)
 
+    own = np.zeros(n) if pairs.own_calls is None else pairs.own_calls.astype(float)
+
     has_previous = ~np.isnan(a0) & ~np.isnan(elapsed) & (elapsed > 0)
-    estimable = has_previous & ~pairs.shape_changed & (elapsed <= MAX_ESTIMATE_WINDOW_SECONDS)
+    in_range = (elapsed >= MIN_ESTIMATE_WINDOW_SECONDS) & (elapsed <= MAX_ESTIMATE_WINDOW_SECONDS)
+    estimable = has_previous & ~pairs.shape_changed & in_range
     note = np.full(n, None, dtype=object)
     note[~has_previous] = "no previous reading"
     note[has_previous & pairs.shape_changed] = "capacity or refill changed since previous reading"
     note[has_previous & ~pairs.shape_changed & (elapsed > MAX_ESTIMATE_WINDOW_SECONDS)] = (
         "previous reading too old for an estimate"
+    )
+    note[has_previous & ~pairs.shape_changed & (elapsed < MIN_ESTIMATE_WINDOW_SECONDS)] = (
+        "previous reading too close for an estimate"
     )
 
     out: dict[str, np.ndarray] = {
@@ -266,6 +277,15 @@ def compute_metrics(pairs: SnapshotPairs, clear_ratio: np.ndarray) -> dict[str, 
         lowest = np.nanmin(every, axis=0) if len(idx) else np.empty(0)
         highest = np.nanmax(every, axis=0) if len(idx) else np.empty(0)
         middle = np.nanmedian(every, axis=0) if len(idx) else np.empty(0)
+
+    # The monitor's own calls are demand it knows exactly: what the others consume is the rest.
+    own_rate = own[idx] / e_dt
+    continuous = np.maximum(continuous - own_rate, 0.0)
+    stepped_min = np.maximum(stepped_min - own_rate, 0.0)
+    stepped_max = np.maximum(stepped_max - own_rate, 0.0)
+    lowest = np.maximum(lowest - own_rate, 0.0)
+    highest = np.maximum(highest - own_rate, 0.0)
+    middle = np.maximum(middle - own_rate, 0.0)
 
     def scatter(values: np.ndarray) -> np.ndarray:
         column = np.full(n, np.nan)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pulsar
 
+from dict_ratelimit.clock import Clock, SystemClock
 from dict_ratelimit.events.cloudevents import message_key
 from dict_ratelimit.storage.outbox import OutboxRow
 
@@ -61,8 +62,12 @@ def publish(
     *,
     deadline: float | None = None,
     log: Callable[[str], None] = lambda _: None,
+    clock: Clock | None = None,
 ) -> PublishOutcome:
-    """Send ``rows`` in order until done, the first failure, or ``deadline`` (monotonic)."""
+    """Send ``rows`` in order until done, the first failure, or ``deadline`` (monotonic).
+
+    Each receipt is stamped with ``clock`` (our clock): the outbox purge counts from it."""
+    clock = clock or SystemClock()
     outcome = PublishOutcome()
     started = time.monotonic()
     timeout_ms = int(target.timeout_seconds * 1000)
@@ -94,7 +99,7 @@ def publish(
                 sequence_id=row.id,
                 event_timestamp=int(row.occurred_at.timestamp() * 1000),
             )
-            outcome.receipts.append((row.id, dt.datetime.now(dt.timezone.utc)))
+            outcome.receipts.append((row.id, clock.now()))
         current = None
         producer.close()
     except Exception as error:  # pulsar raises its own hierarchy; all mean "not sent"

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Connection, Engine
 
 from dict_ratelimit.bridge.errors import PERMANENT_CODES, RETRYABLE_CODES
+from dict_ratelimit.clock import Clock, SystemClock
 from dict_ratelimit.domain.thresholds import Level
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ MONITOR_BUDGET_POLICIES = ("POLICIES_LIST", "POLICIES_READ")
 #: Every class a sweep can report (gRPC codes, an invalid reading, an unknown error): each
 #: gets its counter at 0, so ``increase()`` sees the first error.
 ERROR_CLASSES = sorted(
-    {code.name.lower() for code in RETRYABLE_CODES | PERMANENT_CODES} | {"invalid_reading", "error"}
+    {code.name.lower() for code in RETRYABLE_CODES | PERMANENT_CODES}
+    | {"invalid_reading", "unexpected_error", "error"}
 )
 
 _LATEST = """
@@ -44,7 +46,7 @@ SELECT h.ispb, h.policy, coalesce(pa.category, '?') AS category, h.available_tok
        h.capacity, h.remaining_ratio, h.refill_per_min, h.demand_per_min,
        h.demand_lower_per_min, h.demand_upper_per_min, h.exhaustion_state, h.time_to_429_s,
        h.recovery_state, h.recovery_to_clear_s, h.recovery_to_full_s, h.not_found_share,
-       h.level, extract(epoch FROM h.response_time) AS reading_time
+       h.level
 FROM dict_ratelimit.latest_policy_health AS h
 JOIN dict_ratelimit.participant AS pa USING (ispb)
 """
@@ -80,8 +82,13 @@ GROUP BY e.key
 """
 
 _OUTBOX = """
-SELECT count(*) AS waiting, extract(epoch FROM now() - min(created_at)) AS oldest_age
+SELECT count(*) AS waiting, extract(epoch FROM min(created_at)) AS oldest_created
 FROM dict_ratelimit.alert_event WHERE published_at IS NULL
+"""
+
+_PARTICIPANT_FRESHNESS = """
+SELECT ispb, coalesce(category, '?') AS category, extract(epoch FROM last_received_at) AS received
+FROM dict_ratelimit.participant WHERE last_received_at IS NOT NULL
 """
 
 
@@ -112,9 +119,9 @@ class _Families:
 class DictRateLimitCollector(Collector):
     """Reads the application database on every ``collect()``."""
 
-    def __init__(self, engine: Engine, *, now: Any = time.time) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self.engine = engine
-        self.now = now
+        self.clock = clock or SystemClock()
         self._lock = threading.Lock()  # one scrape at a time: a slow one must not pile up
         self._errors = 0
 
@@ -213,11 +220,10 @@ class DictRateLimitCollector(Collector):
         )
         snapshot_age = f.gauge(
             "snapshot_age_seconds",
-            "Age of the newest reading of the participant (DICT ResponseTime)",
+            "Seconds since the newest reading of the participant reached the monitor",
             ["ispb", "category"],
         )
-        now = self.now()
-        newest: dict[tuple[str, str], float] = {}
+        now = self.clock.now().timestamp()
         for row in connection.execute(sa.text(_LATEST)):
             values = [row.ispb, row.policy, row.category]
             available.add_metric(values, row.available_tokens)
@@ -245,19 +251,16 @@ class DictRateLimitCollector(Collector):
                 recovery.add_metric(values, float(row.recovery_to_full_s))
             if row.level is not None:
                 level.add_metric(values, float(Level[row.level]))
-            reading_time = float(row.reading_time)
-            key = (row.ispb, row.category)
-            newest[key] = max(newest.get(key, 0.0), reading_time)
             if row.policy in MONITOR_BUDGET_POLICIES:
                 budget.add_metric(values, row.available_tokens)
                 budget_ratio.add_metric(values, row.remaining_ratio)
-        for (ispb, category), reading_time in newest.items():
-            snapshot_age.add_metric([ispb, category], max(0.0, now - reading_time))
-        self._alerts(connection, f)
+        for row in connection.execute(sa.text(_PARTICIPANT_FRESHNESS)):
+            snapshot_age.add_metric([row.ispb, row.category], max(0.0, now - float(row.received)))
+        self._alerts(connection, f, now)
         self._monitor(connection, f, now)
         return f.all
 
-    def _alerts(self, connection: Connection, f: _Families) -> None:
+    def _alerts(self, connection: Connection, f: _Families, now: float) -> None:
         open_alert = f.gauge(
             "alert_open",
             "1 per open alert episode (status open or nodata), labelled with its severity",
@@ -292,7 +295,8 @@ class DictRateLimitCollector(Collector):
             "Age of the oldest event waiting in the outbox (0 when none)",
             [],
         )
-        oldest.add_metric([], float(outbox.oldest_age or 0.0))
+        oldest_created = outbox.oldest_created
+        oldest.add_metric([], max(0.0, now - float(oldest_created)) if oldest_created else 0.0)
 
     def _monitor(self, connection: Connection, f: _Families, now: float) -> None:
         duration = f.gauge(

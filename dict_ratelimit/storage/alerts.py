@@ -1,10 +1,13 @@
 """Alert state and the outbox in Postgres: one transaction applies a tick's evaluations.
 
-``apply_evaluations`` loads each identity's track (newest evaluation applied, streak, open
-episode), feeds it the evaluations newer than that, checks staleness and the participant-level
-dead man's switch, and writes the tracks, the episodes and one outbox row per transition —
-all in the caller's transaction, under an advisory lock, so a monitor tick and the watchdog
-never interleave and outbox ids are allocated (and committed) in transition order.
+``apply_evaluations`` takes the evaluations waiting in ``alert_backlog`` (written by the
+metrics step, whatever their DICT time), loads each identity's track (newest evaluation
+applied, streak, open episode), feeds it the new evaluations, checks staleness and the
+participant-level dead man's switch on the injected clock, and writes the tracks, the
+episodes and one outbox row per transition, all in the caller's transaction, under an
+advisory lock, so a monitor tick, the watch lane and the watchdog never interleave and outbox
+ids are allocated (and committed) in transition order. Nothing is selected by comparing
+DICT's time with ours, so no evaluation can fall out of a window and vanish.
 """
 
 from __future__ import annotations
@@ -35,13 +38,9 @@ from dict_ratelimit.storage.bulk import stage_rows
 #: Key of the transaction-level advisory lock every alert writer takes.
 ALERTS_LOCK = 0x0D1C7A1E
 
-#: A track seen for the first time only considers evaluations this recent (no replay of
-#: history into alerts that would be long over).
-FIRST_LOOK_BACK = dt.timedelta(minutes=15)
-
-#: No evaluation older than this is applied: a constant bound lets Postgres prune the monthly
-#: partitions and use the response_time index instead of reading 13 months per tick.
-MAX_CATCH_UP = dt.timedelta(days=1)
+#: Evaluations taken from the backlog per transaction (a backlog left by a long outage is
+#: worked off over several runs instead of one huge transaction).
+BATCH_LIMIT = 200_000
 
 
 @dataclass
@@ -56,27 +55,46 @@ class AlertReport:
 
 
 _TRACKS = """
-SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak,
+SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak, t.last_received_at,
        a.alert_key, a.category AS alert_category, a.opened_at, a.status, a.severity,
        a.peak_severity, a.last_observed_at AS alert_last_observed_at, a.lowest_remaining_ratio,
        a.lowest_available_tokens, a.severity_history, a.reasons, a.message, a.sequence,
-       a.clear_streak, a.calm_streak, a.calm_level
+       a.clear_streak, a.calm_streak, a.calm_level,
+       a.last_received_at AS alert_last_received_at
 FROM dict_ratelimit.alert_track AS t
 LEFT JOIN dict_ratelimit.alert AS a
        ON a.ispb = t.ispb AND a.policy = t.policy AND a.status <> 'resolved'
 """
 
+_TAKE_BACKLOG = """
+DELETE FROM dict_ratelimit.alert_backlog AS b USING (
+    SELECT ispb, policy, response_time FROM dict_ratelimit.alert_backlog
+    ORDER BY response_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS pick
+WHERE b.ispb = pick.ispb AND b.policy = pick.policy AND b.response_time = pick.response_time
+RETURNING b.ispb, b.policy, b.response_time
+"""
+
+# The evaluations of the taken keys with the reading and forecast behind them. The constant
+# bounds (the keys' oldest and newest time) let the planner prune the monthly partitions.
 _OBSERVATIONS = """
+WITH keys AS (
+    SELECT * FROM unnest(%(ispbs)s::char(8)[], %(policies)s::text[], %(times)s::timestamptz[])
+        AS k(ispb, policy, response_time)
+)
 SELECT e.ispb, e.policy, e.response_time, e.level, e.reasons,
        coalesce((e.thresholds ->> 'clear_ratio')::double precision, 0.30) AS clear_ratio,
        m.available_tokens, m.capacity, m.time_to_429_s, m.demand_per_min, m.refill_per_min,
-       s.category
-FROM dict_ratelimit.threshold_evaluation AS e
-JOIN dict_ratelimit.policy_metric AS m USING (ispb, policy, response_time)
-JOIN dict_ratelimit.policy_snapshot AS s USING (ispb, policy, response_time)
-LEFT JOIN dict_ratelimit.alert_track AS t ON t.ispb = e.ispb AND t.policy = e.policy
-WHERE e.response_time > %(floor)s
-  AND e.response_time > coalesce(t.last_observed_at, %(first_look)s)
+       s.category, s.polled_at
+FROM keys AS k
+JOIN dict_ratelimit.threshold_evaluation AS e
+  ON e.ispb = k.ispb AND e.policy = k.policy AND e.response_time = k.response_time
+ AND e.response_time BETWEEN %(first)s AND %(last)s
+JOIN dict_ratelimit.policy_metric AS m
+  ON m.ispb = k.ispb AND m.policy = k.policy AND m.response_time = k.response_time
+ AND m.response_time BETWEEN %(first)s AND %(last)s
+JOIN dict_ratelimit.policy_snapshot AS s
+  ON s.ispb = k.ispb AND s.policy = k.policy AND s.response_time = k.response_time
+ AND s.response_time BETWEEN %(first)s AND %(last)s
 ORDER BY e.ispb, e.policy, e.response_time
 """
 
@@ -103,6 +121,7 @@ def _episode(row: Any) -> Episode | None:
         clear_streak=row.clear_streak,
         calm_streak=row.calm_streak,
         calm_level=Level[row.calm_level] if row.calm_level else None,
+        last_received_at=row.alert_last_received_at,
     )
 
 
@@ -116,15 +135,28 @@ def load_tracks(connection: Connection) -> dict[tuple[str, str], Track]:
             category=row.category,
             fire_streak=row.fire_streak,
             episode=_episode(row),
+            last_received_at=row.last_received_at,
         )
         for row in rows
     }
 
 
-def load_observations(connection: Connection, now: dt.datetime) -> list[Observation]:
-    """Evaluations newer than each identity's track, oldest first per identity."""
+def take_observations(connection: Connection, limit: int = BATCH_LIMIT) -> list[Observation]:
+    """Remove the waiting evaluations from ``alert_backlog`` (the caller's transaction: a
+    failure puts them back) and return them as observations, oldest first per identity."""
+    keys = connection.exec_driver_sql(_TAKE_BACKLOG, {"limit": limit}).fetchall()
+    if not keys:
+        return []
+    times = [key[2] for key in keys]
     cursor = connection.exec_driver_sql(
-        _OBSERVATIONS, {"first_look": now - FIRST_LOOK_BACK, "floor": now - MAX_CATCH_UP}
+        _OBSERVATIONS,
+        {
+            "ispbs": [key[0] for key in keys],
+            "policies": [key[1] for key in keys],
+            "times": times,
+            "first": min(times),
+            "last": max(times),
+        },
     )
     return [
         Observation(
@@ -140,6 +172,7 @@ def load_observations(connection: Connection, now: dt.datetime) -> list[Observat
             demand_per_min=row[9],
             refill_per_min=row[10],
             category=row[11],
+            received_at=row[12],
         )
         for row in cursor.fetchall()
     ]
@@ -147,24 +180,26 @@ def load_observations(connection: Connection, now: dt.datetime) -> list[Observat
 
 _UPSERT_TRACKS = """
 INSERT INTO dict_ratelimit.alert_track AS t (ispb, policy, last_observed_at, category,
-                                             fire_streak)
-SELECT ispb, policy, last_observed_at, category, fire_streak FROM alert_track_staging
+                                             fire_streak, last_received_at)
+SELECT ispb, policy, last_observed_at, category, fire_streak, last_received_at
+FROM alert_track_staging
 ON CONFLICT (ispb, policy) DO UPDATE SET
     last_observed_at = EXCLUDED.last_observed_at,
     category = EXCLUDED.category,
-    fire_streak = EXCLUDED.fire_streak
+    fire_streak = EXCLUDED.fire_streak,
+    last_received_at = EXCLUDED.last_received_at
 """
 
 _UPSERT_ALERT = """
 INSERT INTO dict_ratelimit.alert AS a (
     alert_key, ispb, policy, category, status, severity, peak_severity, opened_at, resolved_at,
     last_observed_at, lowest_remaining_ratio, lowest_available_tokens, severity_history,
-    reasons, message, sequence, clear_streak, calm_streak, calm_level)
+    reasons, message, sequence, clear_streak, calm_streak, calm_level, last_received_at)
 VALUES (
     :alert_key, :ispb, :policy, :category, :status, :severity, :peak_severity, :opened_at,
     :resolved_at, :last_observed_at, :lowest_remaining_ratio, :lowest_available_tokens,
     CAST(:severity_history AS jsonb), CAST(:reasons AS jsonb), :message, :sequence,
-    :clear_streak, :calm_streak, :calm_level)
+    :clear_streak, :calm_streak, :calm_level, :last_received_at)
 ON CONFLICT (alert_key) DO UPDATE SET
     category = EXCLUDED.category,
     status = EXCLUDED.status,
@@ -181,6 +216,7 @@ ON CONFLICT (alert_key) DO UPDATE SET
     clear_streak = EXCLUDED.clear_streak,
     calm_streak = EXCLUDED.calm_streak,
     calm_level = EXCLUDED.calm_level,
+    last_received_at = EXCLUDED.last_received_at,
     updated_at = now()
 """
 
@@ -214,6 +250,7 @@ def _episode_params(episode: Episode) -> dict[str, Any]:
         "clear_streak": episode.clear_streak,
         "calm_streak": episode.calm_streak,
         "calm_level": episode.calm_level.name if episode.calm_level is not None else None,
+        "last_received_at": episode.last_received_at,
     }
 
 
@@ -230,8 +267,18 @@ def save(
         stage_rows(
             connection,
             "alert_track",
-            ("ispb", "policy", "last_observed_at", "category", "fire_streak"),
-            [(t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak) for t in changed],
+            ("ispb", "policy", "last_observed_at", "category", "fire_streak", "last_received_at"),
+            [
+                (
+                    t.ispb,
+                    t.policy,
+                    t.last_observed_at,
+                    t.category,
+                    t.fire_streak,
+                    t.last_received_at,
+                )
+                for t in changed
+            ],
         )
         connection.exec_driver_sql(_UPSERT_TRACKS)
     episodes: dict[str, Episode] = {}
@@ -267,18 +314,18 @@ def save(
 def apply_evaluations(
     connection: Connection,
     rules: AlertRules,
-    participants: Iterable[str] = (),
-    now: dt.datetime | None = None,
+    participants: Iterable[str],
+    now: dt.datetime,
     source: str = DEFAULT_SOURCE,
 ) -> AlertReport:
-    """Apply every evaluation not applied yet, check staleness, write everything (one
-    transaction: the caller's). Safe to repeat: a second call finds nothing new."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    """Apply every evaluation waiting in the backlog, check staleness against ``now`` (the
+    injected clock), write everything (one transaction: the caller's). Safe to repeat: a second
+    call finds nothing new."""
     report = AlertReport()
     started = time.perf_counter()
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ALERTS_LOCK})")
     tracks = load_tracks(connection)
-    observations = load_observations(connection, now)
+    observations = take_observations(connection)
     report.timings["load_seconds"] = time.perf_counter() - started
     mark = time.perf_counter()
     after, transitions = advance(tracks, observations, participants, now, rules)

@@ -1,12 +1,14 @@
 """Reading snapshot pairs and writing metrics and threshold evaluations.
 
 A previous reading counts only within a day (``MAX_PREVIOUS_AGE``; both ways apply the same
-rule, so they produce the same rows). Two ways to pick the snapshots to compute:
-- ``incremental``: per policy, the snapshots of the window newer than its newest metric row
-  (one index probe per policy, then only the new rows of a tick); that metric row carries the
-  previous reading of the first new snapshot, so no probe per snapshot is needed;
-- ``window``: every snapshot of the window with ``LAG`` over the window plus the last snapshot
-  before it of every policy (a backfill: the first snapshot of a day uses the day before).
+rule, so they produce the same rows). Two ways to pick the snapshots to compute, one way to
+compute and write them:
+- by key (a tick, the watch lane): exactly the snapshots waiting in ``metric_backlog``, each
+  with its previous reading found by one bounded index probe; no search of history by time;
+- by window (a backfill): every snapshot of the window with ``LAG`` over the window plus the
+  last snapshot before it of every policy (the first snapshot of a day uses the day before).
+Both add the monitor's own POLICIES_LIST / POLICIES_READ calls between the two readings
+(``own_calls``), which the metrics subtract from those buckets' demand.
 """
 
 from __future__ import annotations
@@ -26,112 +28,166 @@ from dict_ratelimit.storage.bulk import (
     stage_rows,
 )
 
-PAIR_COLUMNS = (
-    "pairs.ispb, pairs.policy, pairs.response_time, pairs.available_tokens, pairs.capacity, "
-    "pairs.refill_tokens, pairs.refill_period_sec, pairs.prev_response_time, "
-    "pairs.prev_available, pairs.prev_capacity, pairs.prev_refill_tokens, "
-    "pairs.prev_refill_period_sec, rs.not_found, rs.total"
+Key = tuple[str, str, dt.datetime]  # (ispb, policy, response_time)
+
+_SNAPSHOT_FIELDS = (
+    "{a}.ispb, {a}.policy, {a}.response_time, {a}.available_tokens, {a}.capacity, "
+    "{a}.refill_tokens, {a}.refill_period_sec, {a}.source"
 )
 
-# Shared pieces of the two queries below: both must apply the same one-day rule and the same
-# previous-reading columns, or a tick and a backfill would not produce the same rows.
-_LAST_BEFORE_START = """
-        SELECT x.ispb, x.policy, x.response_time, x.available_tokens, x.capacity,
-               x.refill_tokens, x.refill_period_sec
+# The last reading of the same policy before {at}, within a day. {low} is a constant lower
+# bound so that the planner prunes partitions before it runs.
+_PREVIOUS = """
+        SELECT {columns}
         FROM dict_ratelimit.policy_snapshot AS x
         WHERE x.ispb = {owner}.ispb AND x.policy = {owner}.policy
-          AND x.response_time < %(start)s AND x.response_time >= %(start)s - interval '1 day'
+          AND x.response_time < {at} AND x.response_time >= {at} - interval '1 day'
+          AND x.response_time >= {low}
         ORDER BY x.response_time DESC LIMIT 1
 """
-_LAG_PREVIOUS = """
+
+# From a relation ``pairs`` (a snapshot, its source and its previous reading) to the columns
+# the metrics need: the Bridge's counts of the sweep and the monitor's own calls in between.
+_FINISH = """
+SELECT pairs.ispb, pairs.policy, pairs.response_time, pairs.available_tokens, pairs.capacity,
+       pairs.refill_tokens, pairs.refill_period_sec, pairs.prev_response_time,
+       pairs.prev_available, pairs.prev_capacity, pairs.prev_refill_tokens,
+       pairs.prev_refill_period_sec, rs.not_found, rs.total,
+       CASE
+           WHEN pairs.prev_response_time IS NULL THEN 0
+           -- consecutive POLICIES_LIST readings: a listing reads every policy, so the only
+           -- listing in between is the one that produced this reading
+           WHEN pairs.policy = 'POLICIES_LIST' THEN (pairs.source = 'list')::int
+           WHEN pairs.policy = 'POLICIES_READ' THEN (
+               SELECT count(*) FROM dict_ratelimit.policy_snapshot AS g
+               WHERE g.source = 'get' AND g.ispb = pairs.ispb
+                 AND g.response_time > pairs.prev_response_time
+                 AND g.response_time <= pairs.response_time
+                 AND g.response_time >= %(low)s)::int
+           ELSE 0
+       END AS own_calls
+FROM pairs
+LEFT JOIN dict_ratelimit.policy_request_stats AS rs
+       ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy
+      AND rs.window_end = pairs.response_time AND rs.window_end >= %(low)s
+"""
+
+_BY_KEYS = f"""
+WITH keys AS (
+    SELECT * FROM unnest(%(ispbs)s::char(8)[], %(policies)s::text[], %(times)s::timestamptz[])
+        AS k(ispb, policy, response_time)
+), pairs AS (
+    SELECT {_SNAPSHOT_FIELDS.format(a="s")},
+           prev.response_time AS prev_response_time, prev.available_tokens AS prev_available,
+           prev.capacity AS prev_capacity, prev.refill_tokens AS prev_refill_tokens,
+           prev.refill_period_sec AS prev_refill_period_sec
+    FROM keys AS k
+    JOIN dict_ratelimit.policy_snapshot AS s
+      ON s.ispb = k.ispb AND s.policy = k.policy AND s.response_time = k.response_time
+     AND s.response_time >= %(first)s AND s.response_time <= %(last)s
+    LEFT JOIN LATERAL ({
+    _PREVIOUS.format(
+        columns="x.response_time, x.available_tokens, x.capacity, x.refill_tokens, "
+        "x.refill_period_sec",
+        owner="s",
+        at="s.response_time",
+        low="%(low)s",
+    )
+}) AS prev ON true
+)
+{_FINISH}
+ORDER BY pairs.ispb, pairs.policy, pairs.response_time
+"""
+
+_LAST_BEFORE_START = _PREVIOUS.format(
+    columns=_SNAPSHOT_FIELDS.format(a="x"), owner="p", at="%(start)s", low="%(low)s"
+)
+
+_BY_WINDOW = f"""
+WITH base AS (
+    SELECT {_SNAPSHOT_FIELDS.format(a="s")}
+    FROM dict_ratelimit.policy_snapshot AS s
+    WHERE s.response_time >= %(start)s AND s.response_time < %(end)s
+    UNION ALL
+    SELECT before.ispb, before.policy, before.response_time, before.available_tokens,
+           before.capacity, before.refill_tokens, before.refill_period_sec, before.source
+    FROM dict_ratelimit.policy AS p
+    CROSS JOIN LATERAL ({_LAST_BEFORE_START}) AS before
+), lagged AS (
+    SELECT base.*,
            lag(response_time) OVER w AS prev_response_time,
            lag(available_tokens) OVER w AS prev_available,
            lag(capacity) OVER w AS prev_capacity,
            lag(refill_tokens) OVER w AS prev_refill_tokens,
-           lag(refill_period_sec) OVER w AS prev_refill_period_sec"""
-_JOIN_REQUEST_STATS = """LEFT JOIN dict_ratelimit.policy_request_stats AS rs
-    ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy AND rs.window_end = pairs.response_time"""
-
-_INCREMENTAL = f"""
-WITH newest AS (
-    -- per policy, its newest metric row in the window: everything after it is new, and that
-    -- row's snapshot is the previous reading of the first new one
-    SELECT p.ispb, p.policy, m.response_time, m.available_tokens, m.capacity, m.refill_tokens,
-           m.refill_period_sec
-    FROM dict_ratelimit.policy AS p
-    LEFT JOIN LATERAL (
-        SELECT pm.response_time, pm.available_tokens, pm.capacity, pm.refill_tokens,
-               pm.refill_period_sec
-        FROM dict_ratelimit.policy_metric AS pm
-        WHERE pm.ispb = p.ispb AND pm.policy = p.policy
-          AND pm.response_time >= %(start)s AND pm.response_time < %(end)s
-        ORDER BY pm.response_time DESC LIMIT 1
-    ) AS m ON true
-), fresh AS (
-    SELECT s.ispb, s.policy, s.response_time, s.available_tokens, s.capacity, s.refill_tokens,
-           s.refill_period_sec, false AS anchor
-    FROM newest AS n
-    JOIN dict_ratelimit.policy_snapshot AS s
-      ON s.ispb = n.ispb AND s.policy = n.policy
-     AND s.response_time > coalesce(n.response_time, %(start)s - interval '1 microsecond')
-     AND s.response_time < %(end)s
-), anchors AS (
-    SELECT n.ispb, n.policy, n.response_time, n.available_tokens, n.capacity, n.refill_tokens,
-           n.refill_period_sec, true AS anchor
-    FROM newest AS n
-    WHERE n.response_time IS NOT NULL
-      AND EXISTS (SELECT 1 FROM fresh AS f WHERE f.ispb = n.ispb AND f.policy = n.policy)
-    UNION ALL
-    -- no metric in the window yet: the last snapshot before it (within a day)
-    SELECT before.*, true AS anchor
-    FROM newest AS n
-    CROSS JOIN LATERAL ({_LAST_BEFORE_START.format(owner="n")}) AS before
-    WHERE n.response_time IS NULL
-      AND EXISTS (SELECT 1 FROM fresh AS f WHERE f.ispb = n.ispb AND f.policy = n.policy)
-), pairs AS (
-    SELECT base.*, {_LAG_PREVIOUS}
-    FROM (SELECT * FROM fresh UNION ALL SELECT * FROM anchors) AS base
-    WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
-)
-SELECT {PAIR_COLUMNS}
-FROM pairs
-{_JOIN_REQUEST_STATS}
-WHERE NOT pairs.anchor
-ORDER BY pairs.ispb, pairs.policy, pairs.response_time
-"""
-
-_WINDOW = f"""
-WITH base AS (
-    SELECT s.ispb, s.policy, s.response_time, s.available_tokens, s.capacity, s.refill_tokens,
-           s.refill_period_sec
-    FROM dict_ratelimit.policy_snapshot AS s
-    WHERE s.response_time >= %(start)s AND s.response_time < %(end)s
-    UNION ALL
-    SELECT before.*
-    FROM dict_ratelimit.policy AS p
-    CROSS JOIN LATERAL ({_LAST_BEFORE_START.format(owner="p")}) AS before
-), pairs AS (
-    SELECT base.*, {_LAG_PREVIOUS}
+           lag(refill_period_sec) OVER w AS prev_refill_period_sec
     FROM base
     WINDOW w AS (PARTITION BY ispb, policy ORDER BY response_time)
+), pairs AS (
+    SELECT * FROM lagged WHERE response_time >= %(start)s
 )
-SELECT {PAIR_COLUMNS}
-FROM pairs
-{_JOIN_REQUEST_STATS}
-WHERE pairs.response_time >= %(start)s
+{_FINISH}
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
 
+_PAIR_DATES = ("response_time", "prev_response_time")
 
-def load_pairs(
-    connection: Connection, start: dt.datetime, end: dt.datetime, *, incremental: bool
-) -> pd.DataFrame:
-    """Snapshots of ``[start, end)`` with their previous snapshot (see the module doc)."""
+
+def load_pairs_for_keys(connection: Connection, keys: Sequence[Key]) -> pd.DataFrame:
+    """The snapshots named by ``keys`` with their previous reading (see the module doc)."""
+    times = [key[2] for key in keys]
+    first, last = (min(times), max(times)) if times else (None, None)
     return read_frame(
         connection,
-        _INCREMENTAL if incremental else _WINDOW,
-        {"start": start, "end": end},
-        parse_dates=("response_time", "prev_response_time"),
+        _BY_KEYS,
+        {
+            "ispbs": [key[0] for key in keys],
+            "policies": [key[1] for key in keys],
+            "times": times,
+            "first": first,
+            "last": last,
+            "low": (first - dt.timedelta(days=1)) if first else None,
+        },
+        parse_dates=_PAIR_DATES,
+    )
+
+
+def load_window_pairs(connection: Connection, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """Every snapshot of ``[start, end)`` with its previous reading (a backfill)."""
+    return read_frame(
+        connection,
+        _BY_WINDOW,
+        {"start": start, "end": end, "low": start - dt.timedelta(days=1)},
+        parse_dates=_PAIR_DATES,
+    )
+
+
+def take_metric_backlog(connection: Connection, limit: int) -> tuple[list[Key], int]:
+    """Remove up to ``limit`` keys (oldest first) from ``metric_backlog``, in the caller's
+    transaction (a failure puts them back); returns them and how many still wait."""
+    rows = connection.exec_driver_sql(
+        "DELETE FROM dict_ratelimit.metric_backlog AS b USING ("
+        "  SELECT ispb, policy, response_time FROM dict_ratelimit.metric_backlog"
+        "  ORDER BY response_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS pick "
+        "WHERE b.ispb = pick.ispb AND b.policy = pick.policy "
+        "AND b.response_time = pick.response_time "
+        "RETURNING b.ispb, b.policy, b.response_time",
+        {"limit": limit},
+    ).fetchall()
+    left = connection.exec_driver_sql("SELECT count(*) FROM dict_ratelimit.metric_backlog").scalar()
+    return [(row[0], row[1], row[2]) for row in rows], int(left or 0)
+
+
+def queue_for_alerts(connection: Connection, frame: pd.DataFrame) -> int:
+    """Put the evaluations of ``frame`` in ``alert_backlog`` (the alert step takes them)."""
+    if frame.empty:
+        return 0
+    stage_frame(connection, "alert_backlog", frame.loc[:, ["ispb", "policy", "response_time"]])
+    return max(
+        connection.exec_driver_sql(
+            "INSERT INTO dict_ratelimit.alert_backlog (ispb, policy, response_time) "
+            "SELECT ispb, policy, response_time FROM alert_backlog_staging ON CONFLICT DO NOTHING"
+        ).rowcount,
+        0,
     )
 
 
@@ -146,7 +202,7 @@ METRIC_COLUMNS = (
     "forecast_demand_per_min", "exhaustion_state", "time_to_429_stepped_s",
     "time_to_429_continuous_s", "time_to_429_s", "recovery_state", "recovery_to_clear_s",
     "recovery_to_full_s", "headroom_per_min", "burst_absorbable_tokens", "demand_seconds_left",
-    "not_found_share",
+    "not_found_share", "own_calls",
 )  # fmt: skip
 
 EVALUATION_COLUMNS = (
@@ -155,6 +211,7 @@ EVALUATION_COLUMNS = (
 )  # fmt: skip
 
 _TARGETS = {"policy_metric": METRIC_COLUMNS, "threshold_evaluation": EVALUATION_COLUMNS}
+_KEY_COLUMNS = ("ispb", "policy", "response_time")
 
 
 def _months(times: pd.Series) -> list[dt.datetime]:
@@ -174,8 +231,9 @@ def write_rows(
     """Write ``frame`` into ``policy_metric`` or ``threshold_evaluation``; returns rows written.
 
     With ``replace_window`` every row of that window is deleted first (a backfill: same
-    snapshots, same rows). Without it, rows that already exist are left alone (a re-run of a
-    tick writes nothing twice).
+    snapshots, same rows). Without it, a row that exists is replaced (the successor of a late
+    reading is computed again with its new previous reading; anything else recomputes to the
+    same values).
     """
     columns = _TARGETS[table]
     if replace_window is not None:
@@ -196,33 +254,13 @@ def write_rows(
         return len(frame)
     staging = stage_frame(connection, table, frame.loc[:, list(columns)])
     names = ", ".join(columns)
-    inserted = connection.exec_driver_sql(
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in columns if name not in _KEY_COLUMNS)
+    written = connection.exec_driver_sql(
         f"INSERT INTO dict_ratelimit.{table} ({names}) SELECT {names} FROM {staging} "
-        "ON CONFLICT (ispb, policy, response_time) DO NOTHING"
+        f"ON CONFLICT (ispb, policy, response_time) DO UPDATE SET {updates}, "
+        "computed_at = now()",
     ).rowcount
-    return max(inserted, 0)
-
-
-def load_metrics_for_evaluation(
-    connection: Connection, start: dt.datetime, end: dt.datetime, *, incremental: bool
-) -> pd.DataFrame:
-    """Metric rows of the window to evaluate (incremental: those without an evaluation)."""
-    missing = (
-        "AND NOT EXISTS (SELECT 1 FROM dict_ratelimit.threshold_evaluation e "
-        "WHERE e.ispb = m.ispb AND e.policy = m.policy AND e.response_time = m.response_time)"
-        if incremental
-        else ""
-    )
-    return read_frame(
-        connection,
-        "SELECT m.ispb, m.policy, m.response_time, m.available_tokens, m.capacity, "
-        "m.remaining_ratio, m.time_to_429_s, m.exhaustion_state "
-        "FROM dict_ratelimit.policy_metric m "
-        f"WHERE m.response_time >= %(start)s AND m.response_time < %(end)s {missing} "
-        "ORDER BY m.ispb, m.policy, m.response_time",
-        {"start": start, "end": end},
-        parse_dates=("response_time",),
-    )
+    return max(written, 0)
 
 
 def store_request_stats(

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, Engine
 from yoyo import get_backend, read_migrations
 
+from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.domain.retention import RetentionPolicy
 from dict_ratelimit.storage.database import normalize_url
 from dict_ratelimit.storage.partitions import PartitionChanges, ensure_partitions
@@ -75,6 +76,6 @@ def migrate(
             backend.apply_migrations(to_apply)
     finally:
         backend.connection.close()
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or SystemClock().now().date()
     changes = ensure_partitions(engine, policy or RetentionPolicy(), today)
     return [m.id for m in to_apply], changes

@@ -23,19 +23,26 @@ SNAPSHOT_COLUMNS = (
     "refill_tokens",
     "refill_period_sec",
     "correlation_id",
+    "source",
 )
 _COLUMNS = ", ".join(SNAPSHOT_COLUMNS)
 
 _UPSERT_PARTICIPANTS = """
-    INSERT INTO dict_ratelimit.participant AS p (ispb, category, category_changed_at)
-    SELECT DISTINCT ON (ispb) ispb, category, response_time
+    INSERT INTO dict_ratelimit.participant AS p (ispb, category, category_changed_at,
+                                                 last_reading_at, last_received_at)
+    SELECT DISTINCT ON (ispb) ispb, category, response_time, response_time, polled_at
     FROM policy_snapshot_staging ORDER BY ispb, response_time DESC
     ON CONFLICT (ispb) DO UPDATE SET
-        category = EXCLUDED.category,
+        -- a late reading (older than what is stored) changes neither category nor freshness
+        category = CASE WHEN EXCLUDED.last_reading_at >= coalesce(p.last_reading_at, '-infinity')
+                        THEN EXCLUDED.category ELSE p.category END,
         -- DICT's time of the first reading with the new category
-        category_changed_at = CASE WHEN p.category IS DISTINCT FROM EXCLUDED.category
-                                   THEN EXCLUDED.category_changed_at
-                                   ELSE p.category_changed_at END,
+        category_changed_at = CASE
+            WHEN EXCLUDED.last_reading_at >= coalesce(p.last_reading_at, '-infinity')
+             AND p.category IS DISTINCT FROM EXCLUDED.category
+            THEN EXCLUDED.category_changed_at ELSE p.category_changed_at END,
+        last_reading_at = greatest(p.last_reading_at, EXCLUDED.last_reading_at),
+        last_received_at = greatest(p.last_received_at, EXCLUDED.last_received_at),
         last_seen_at = now()
 """
 
@@ -56,22 +63,59 @@ _UPSERT_POLICIES = """
        OR p.last_seen_at < now() - interval '1 hour'
 """
 
+# Store the new snapshots and queue them for the metrics step, with the next reading of their
+# policy when one already exists (a late or retried reading changes its successor's "previous
+# reading"). The successor probe sees the table as it was before this statement: it finds
+# readings stored by earlier sweeps only, and is bounded so that it touches two months at most.
 _INSERT_SNAPSHOTS = f"""
+WITH inserted AS (
     INSERT INTO dict_ratelimit.policy_snapshot ({_COLUMNS})
     SELECT {_COLUMNS} FROM policy_snapshot_staging
     ON CONFLICT (ispb, policy, response_time) DO NOTHING
+    RETURNING ispb, policy, response_time
+), successors AS (
+    SELECT nxt.ispb, nxt.policy, nxt.response_time
+    FROM inserted AS i
+    CROSS JOIN LATERAL (
+        SELECT x.ispb, x.policy, x.response_time
+        FROM dict_ratelimit.policy_snapshot AS x
+        WHERE x.ispb = i.ispb AND x.policy = i.policy
+          AND x.response_time > i.response_time
+          AND x.response_time < i.response_time + interval '1 day'
+          AND x.response_time > %(low)s AND x.response_time < %(high)s
+        ORDER BY x.response_time LIMIT 1
+    ) AS nxt
+), queued AS (
+    INSERT INTO dict_ratelimit.metric_backlog (ispb, policy, response_time)
+    SELECT ispb, policy, response_time FROM inserted
+    UNION
+    SELECT ispb, policy, response_time FROM successors
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM successors),
+       (SELECT count(*) FROM queued)
 """
 
 
-def store_readings(connection: Connection, readings: Sequence[PolicyReading]) -> int:
-    """Upsert participants and policies, append snapshots; returns snapshots newly stored.
+@dataclass(frozen=True)
+class StoredReadings:
+    """What :func:`store_readings` wrote."""
+
+    inserted: int = 0  # new snapshots (a re-stored reading is not new)
+    late_successors: int = 0  # existing readings queued again because an older one arrived
+    queued: int = 0  # metric backlog rows added
+
+
+def store_readings(connection: Connection, readings: Sequence[PolicyReading]) -> StoredReadings:
+    """Upsert participants and policies, append snapshots, queue them for the metrics step.
 
     Runs in the caller's transaction, so one sweep is stored whole or not at all. Re-storing
-    the same readings stores nothing new. The batch is COPied into a staging table and spread
-    with three INSERT ... SELECT statements (participants, policies, snapshots).
+    the same readings stores and queues nothing. The batch is COPied into a staging table and
+    spread with three INSERT ... SELECT statements (participants, policies, snapshots).
     """
     if not readings:
-        return 0
+        return StoredReadings()
     # A month whose partition is missing (retention job not run for a while) gets one now,
     # so a reading is never refused for its date.
     ensure_month_partitions(connection, "policy_snapshot", (r.response_time for r in readings))
@@ -84,8 +128,12 @@ def store_readings(connection: Connection, readings: Sequence[PolicyReading]) ->
     # exec_driver_sql: database errors surface as SQLAlchemy exceptions (IntegrityError...)
     connection.exec_driver_sql(_UPSERT_PARTICIPANTS)
     connection.exec_driver_sql(_UPSERT_POLICIES)
-    inserted = connection.exec_driver_sql(_INSERT_SNAPSHOTS).rowcount
-    return max(inserted, 0)
+    times = [r.response_time for r in readings]
+    inserted, successors, queued = connection.exec_driver_sql(
+        _INSERT_SNAPSHOTS,
+        {"low": min(times), "high": max(times) + dt.timedelta(days=1)},
+    ).one()
+    return StoredReadings(inserted=inserted, late_successors=successors, queued=queued)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)dict_ratelimit/bridge/v1/rate_limit.proto\x12\x18\x64ict_ratelimit.bridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x13ListPoliciesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"7\n\x10GetPolicyRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\"t\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x61vailable_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x03\x12\x15\n\rrefill_tokens\x18\x04 \x01(\x03\x12\x19\n\x11refill_period_sec\x18\x05 \x01(\x03\"\xa7\x01\n\x14ListPoliciesResponse\x12\x31\n\rresponse_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x32\n\x08policies\x18\x04 \x03(\x0b\x32 .dict_ratelimit.bridge.v1.Policy\"\xa2\x01\n\x11GetPolicyResponse\x12\x31\n\rresponse_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .dict_ratelimit.bridge.v1.Policy\"X\n\x16GetRequestStatsRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x0bStatusCount\x12\x13\n\x0bhttp_status\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"^\n\x12PolicyRequestStats\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x38\n\tresponses\x18\x02 \x03(\x0b\x32%.dict_ratelimit.bridge.v1.StatusCount\"\xbb\x01\n\x17GetRequestStatsResponse\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x08policies\x18\x03 \x03(\x0b\x32,.dict_ratelimit.bridge.v1.PolicyRequestStats2\xdf\x02\n\x10RateLimitService\x12m\n\x0cListPolicies\x12-.dict_ratelimit.bridge.v1.ListPoliciesRequest\x1a..dict_ratelimit.bridge.v1.ListPoliciesResponse\x12\x64\n\tGetPolicy\x12*.dict_ratelimit.bridge.v1.GetPolicyRequest\x1a+.dict_ratelimit.bridge.v1.GetPolicyResponse\x12v\n\x0fGetRequestStats\x12\x30.dict_ratelimit.bridge.v1.GetRequestStatsRequest\x1a\x31.dict_ratelimit.bridge.v1.GetRequestStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)dict_ratelimit/bridge/v1/rate_limit.proto\x12\x18\x64ict_ratelimit.bridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x13ListPoliciesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"7\n\x10GetPolicyRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\"\xd2\x01\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x10\x61vailable_tokens\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08\x63\x61pacity\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rrefill_tokens\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x1e\n\x11refill_period_sec\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\x13\n\x11_available_tokensB\x0b\n\t_capacityB\x10\n\x0e_refill_tokensB\x14\n\x12_refill_period_sec\"\xa7\x01\n\x14ListPoliciesResponse\x12\x31\n\rresponse_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x32\n\x08policies\x18\x04 \x03(\x0b\x32 .dict_ratelimit.bridge.v1.Policy\"\xa2\x01\n\x11GetPolicyResponse\x12\x31\n\rresponse_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x30\n\x06policy\x18\x04 \x01(\x0b\x32 .dict_ratelimit.bridge.v1.Policy\"X\n\x16GetRequestStatsRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"1\n\x0bStatusCount\x12\x13\n\x0bhttp_status\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"^\n\x12PolicyRequestStats\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x38\n\tresponses\x18\x02 \x03(\x0b\x32%.dict_ratelimit.bridge.v1.StatusCount\"\xbb\x01\n\x17GetRequestStatsResponse\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x08policies\x18\x03 \x03(\x0b\x32,.dict_ratelimit.bridge.v1.PolicyRequestStats2\xdf\x02\n\x10RateLimitService\x12m\n\x0cListPolicies\x12-.dict_ratelimit.bridge.v1.ListPoliciesRequest\x1a..dict_ratelimit.bridge.v1.ListPoliciesResponse\x12\x64\n\tGetPolicy\x12*.dict_ratelimit.bridge.v1.GetPolicyRequest\x1a+.dict_ratelimit.bridge.v1.GetPolicyResponse\x12v\n\x0fGetRequestStats\x12\x30.dict_ratelimit.bridge.v1.GetRequestStatsRequest\x1a\x31.dict_ratelimit.bridge.v1.GetRequestStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPOLICIESREQUEST']._serialized_end=178
   _globals['_GETPOLICYREQUEST']._serialized_start=180
   _globals['_GETPOLICYREQUEST']._serialized_end=235
-  _globals['_POLICY']._serialized_start=237
-  _globals['_POLICY']._serialized_end=353
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=356
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=523
-  _globals['_GETPOLICYRESPONSE']._serialized_start=526
-  _globals['_GETPOLICYRESPONSE']._serialized_end=688
-  _globals['_GETREQUESTSTATSREQUEST']._serialized_start=690
-  _globals['_GETREQUESTSTATSREQUEST']._serialized_end=778
-  _globals['_STATUSCOUNT']._serialized_start=780
-  _globals['_STATUSCOUNT']._serialized_end=829
-  _globals['_POLICYREQUESTSTATS']._serialized_start=831
-  _globals['_POLICYREQUESTSTATS']._serialized_end=925
-  _globals['_GETREQUESTSTATSRESPONSE']._serialized_start=928
-  _globals['_GETREQUESTSTATSRESPONSE']._serialized_end=1115
-  _globals['_RATELIMITSERVICE']._serialized_start=1118
-  _globals['_RATELIMITSERVICE']._serialized_end=1469
+  _globals['_POLICY']._serialized_start=238
+  _globals['_POLICY']._serialized_end=448
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=451
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=618
+  _globals['_GETPOLICYRESPONSE']._serialized_start=621
+  _globals['_GETPOLICYRESPONSE']._serialized_end=783
+  _globals['_GETREQUESTSTATSREQUEST']._serialized_start=785
+  _globals['_GETREQUESTSTATSREQUEST']._serialized_end=873
+  _globals['_STATUSCOUNT']._serialized_start=875
+  _globals['_STATUSCOUNT']._serialized_end=924
+  _globals['_POLICYREQUESTSTATS']._serialized_start=926
+  _globals['_POLICYREQUESTSTATS']._serialized_end=1020
+  _globals['_GETREQUESTSTATSRESPONSE']._serialized_start=1023
+  _globals['_GETREQUESTSTATSRESPONSE']._serialized_end=1210
+  _globals['_RATELIMITSERVICE']._serialized_start=1213
+  _globals['_RATELIMITSERVICE']._serialized_end=1564
 # @@protoc_insertion_point(module_scope)

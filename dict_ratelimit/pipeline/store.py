@@ -1,0 +1,93 @@
+"""Storing a sweep: snapshots (queued for the metrics), request stats, the tick's own row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from dict_ratelimit.bridge.poller import PollResult
+from dict_ratelimit.domain.readings import ShapeChange, shape_changes, vanished_policies
+from dict_ratelimit.storage.metrics import store_request_stats
+from dict_ratelimit.storage.snapshots import StoredReadings, previous_readings, store_readings
+from dict_ratelimit.storage.ticks import record_tick
+
+
+@dataclass
+class StoreReport:
+    """What storing one sweep did, and what it showed against the previous readings."""
+
+    stored: StoredReadings = field(default_factory=StoredReadings)
+    request_stats_rows: int = 0
+    vanished: list[tuple[str, str]] = field(default_factory=list)  # (ispb, policy)
+    shape_changes: list[ShapeChange] = field(default_factory=list)
+
+
+def failures_by_class(result: PollResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for failure in result.failures.values():
+        counts[failure.error_class] = counts.get(failure.error_class, 0) + 1
+    return counts
+
+
+def store_sweep(
+    engine: Engine,
+    result: PollResult,
+    *,
+    participants: int,
+    bridge_seconds: float,
+    duration_seconds: float,
+    record: bool = True,
+) -> StoreReport:
+    """Store the sweep's readings and counts, and its ``monitor_tick`` row, in one transaction.
+
+    The comparison with the previous readings (policies that vanished from a participant's
+    answer, buckets whose capacity or refill changed) is made inside the same transaction, so
+    it sees exactly what was stored before this sweep.
+    """
+    report = StoreReport()
+    readings = result.all_readings
+    with engine.begin() as connection:
+        previous = previous_readings(connection, sorted(result.readings))
+        report.stored = store_readings(connection, readings)
+        report.request_stats_rows = store_request_stats(connection, result.request_stats_rows())
+        if record:
+            record_tick(
+                connection,
+                polled_at=result.polled_at,
+                participants=participants,
+                answered=len(result.readings),
+                failed=len(result.failures),
+                readings=len(readings),
+                bridge_errors=failures_by_class(result),
+                bridge_seconds=bridge_seconds,
+                duration_seconds=duration_seconds,
+            )
+    report.vanished = vanished_policies(previous.last_sweep, readings, set(result.readings))
+    report.shape_changes = shape_changes(previous.shapes, readings)
+    return report
+
+
+def record_failed_sweep(
+    engine: Engine, result: PollResult, *, participants: int, bridge_seconds: float,
+    duration_seconds: float,
+) -> None:  # fmt: skip
+    """Count a sweep in which nobody answered (so the exporter's error series see it)."""
+    with engine.begin() as connection:
+        record_tick(
+            connection,
+            polled_at=result.polled_at,
+            participants=participants,
+            answered=0,
+            failed=len(result.failures),
+            readings=0,
+            bridge_errors=failures_by_class(result),
+            bridge_seconds=bridge_seconds,
+            duration_seconds=duration_seconds,
+        )
+
+
+def response_time_range(result: PollResult) -> tuple[dt.datetime | None, dt.datetime | None]:
+    times = sorted({r.response_time for r in result.all_readings})
+    return (times[0], times[-1]) if times else (None, None)
