@@ -305,7 +305,9 @@ def exporter(host: str, port: int) -> None:
             connect_timeout=settings.connect_timeout_seconds,
             application_name="dict-ratelimit-exporter",
         )
-        database = contextlib.nullcontext((None, engine))
+        database: contextlib.AbstractContextManager[tuple[URL | None, Engine]] = (
+            contextlib.nullcontext((None, engine))
+        )
     else:
         database = _database(settings)  # the embedded server: started if needed
     with database as (_url, engine):

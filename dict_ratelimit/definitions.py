@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
@@ -19,7 +21,7 @@ from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
 
 
-def build_definitions(resources: dict[str, object] | None = None) -> dg.Definitions:
+def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Definitions:
     """All assets, jobs, schedules and resources of the code location.
 
     ``resources`` replaces the environment-driven defaults (tests, ``dict-ratelimit tick``);

@@ -25,6 +25,20 @@ from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
 MIGRATIONS_DIR = project_root() / "sql"
+TIERS = ("unit", "db", "e2e")
+DATABASE_FIXTURES = {"pg_server", "template_db", "db_url", "empty_db_url", "engine"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test gets one tier: e2e and db as marked, else db when it asks for a database,
+    else unit (pure: the fast loop ``scripts/test -m unit``)."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.db if fixtures & DATABASE_FIXTURES else pytest.mark.unit)
+
+
 TEMPLATE_DB = f"drl_template_{os.getpid()}"
 
 

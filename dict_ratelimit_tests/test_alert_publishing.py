@@ -17,6 +17,9 @@ from dict_ratelimit.events.publisher import DEFAULT_TOPIC
 from dict_ratelimit_tests.outbox_fixtures import write_episodes
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
+pytestmark = [pytest.mark.e2e]
+
+
 IDENTITIES = [("12345678", "ENTRIES_READ_USER_ANON"), ("23456789", "KEYS_CHECK")]
 
 

@@ -18,6 +18,7 @@ from dict_ratelimit.domain.alerts import (
     check_stale,
 )
 from dict_ratelimit.domain.thresholds import Level, Thresholds
+from dict_ratelimit.events.cloudevents import to_cloudevent
 from dict_ratelimit_tests.outbox_fixtures import T0, observation
 
 pytestmark = pytest.mark.timebased
@@ -237,3 +238,23 @@ def test_deescalation_needs_clear_after_readings_below_and_goes_to_the_worst_of_
     assert kinds(transitions) == ["alert.opened", "alert.deescalated", "alert.deescalated"]
     assert [t.severity for t in transitions] == [Level.EXHAUSTED, Level.CRITICAL, Level.WARNING]
     assert [(t.at - T0) / dt.timedelta(minutes=1) for t in transitions] == [0, 10, 25]
+
+
+def test_a_resolved_event_says_the_severity_it_resolved_at_and_no_old_forecast() -> None:
+    """CRITICAL from a forecast, then two clear readings: the same two readings de-escalate
+    and resolve. The event must not tell the pager WARNING, nor repeat the old forecast."""
+    track = Track("12345678", "ENTRIES_READ_USER_ANON")
+    critical = reading(0, 0.5, ttl=120)  # half full, but empty in 2 minutes: CRITICAL
+    assert critical.level == Level.CRITICAL and critical.has_forecast_reason
+    _, transitions = apply_all(track, [critical, reading(5, 0.6), reading(10, 0.7)], RULES)
+    assert kinds(transitions) == ["alert.opened", "alert.resolved"]
+    resolved = transitions[-1]
+    assert resolved.severity == Level.CRITICAL == resolved.episode.peak_severity
+    assert resolved.episode.severity == Level.CRITICAL
+    assert resolved.episode.reasons == ()
+    data = to_cloudevent(resolved)["data"]
+    assert (data["severity"], data["peak_severity"], data["reasons"]) == (
+        "CRITICAL",
+        "CRITICAL",
+        [],
+    )

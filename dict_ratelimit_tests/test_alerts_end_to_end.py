@@ -27,6 +27,8 @@ from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
 
 def _events(engine: Engine) -> list[dict]:
     with engine.connect() as connection:
@@ -230,3 +232,79 @@ def test_a_category_change_is_published_as_its_own_event(db_url: URL, engine: En
         "87654321", "D", "C",
     )  # fmt: skip
     assert change["subject"] == "87654321" and data["policy"] == "*"
+
+
+@pytest.mark.parametrize("behind", [dt.timedelta(minutes=20), dt.timedelta(hours=2)])
+def test_a_dict_clock_behind_ours_still_alerts_and_never_goes_nodata(
+    db_url: URL, engine: Engine, behind: dt.timedelta
+) -> None:
+    """With the skew check off, DICT's ResponseTime lags our clock: the CRITICAL evaluations
+    still open alerts (nothing filters them out by time), and fresh readings are not stale."""
+    with running_simulator(PARTICIPANTS, "scan-attack") as sim:
+        resources = monitor_resources(
+            sim, db_url, list(PARTICIPANTS), bridge_options={"max_clock_skew_seconds": 0}
+        )
+        sim.advance(540)
+        for _ in range(4):
+            assert run_tick(sim, resources, our_clock_ahead=behind.total_seconds()).success
+            sim.advance(90)
+    events = _events(engine)
+    kinds = {(e["data"]["participant"], e["type"].rsplit(".", 1)[1]) for e in events}
+    assert {(ispb, "opened") for ispb in PARTICIPANTS} <= kinds
+    assert not [e for e in events if e["type"].endswith("nodata")]
+    with engine.connect() as connection:
+        open_rows = connection.execute(
+            sa.text("SELECT ispb, policy, status FROM dict_ratelimit.active_alerts")
+        ).fetchall()
+    assert {(r.ispb, r.policy, r.status) for r in open_rows} == {
+        (ispb, ANTISCAN, "open") for ispb in PARTICIPANTS
+    }
+
+
+def test_the_skew_check_refuses_a_far_dict_clock_and_says_so_with_nodata(
+    db_url: URL, engine: Engine
+) -> None:
+    """With the check on (10 min), DICT 20 min behind: readings are refused, named, and the
+    silence becomes the participant's NODATA alert, never nothing."""
+    with running_simulator(PARTICIPANTS, "scan-attack") as sim:
+        resources = monitor_resources(sim, db_url, list(PARTICIPANTS))
+        first = run_tick(sim, resources, our_clock_ahead=1200)
+        [check] = [
+            e for e in first.get_asset_check_evaluations() if e.check_name == "complete_reading"
+        ]
+        assert not check.passed
+        assert check.metadata["invalid_fields"].value == dict.fromkeys(PARTICIPANTS, "ResponseTime")
+        sim.advance(16 * 60)
+        assert run_tick(sim, resources, our_clock_ahead=1200).success
+    nodata = [e for e in _events(engine) if e["type"].endswith("nodata")]
+    assert {(e["data"]["participant"], e["data"]["policy"]) for e in nodata} == {
+        (ispb, "*") for ispb in PARTICIPANTS
+    }
+
+
+def test_a_manual_tick_seconds_after_the_scheduled_one_opens_no_alert(
+    db_url: URL, engine: Engine
+) -> None:
+    """The monitor's own two reads 9 s apart are not demand on POLICIES_LIST."""
+    with running_simulator(PARTICIPANTS, "steady") as sim:
+        resources = monitor_resources(sim, db_url, list(PARTICIPANTS))
+        assert run_tick(sim, resources).success
+        sim.advance(9)
+        assert run_tick(sim, resources).success  # the manual tick
+        sim.advance(51)
+        assert run_tick(sim, resources).success  # the next scheduled one
+    assert _events(engine) == []
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT elapsed_seconds, own_calls, demand_per_min, demand_lower_per_min, "
+                "estimate_note "
+                "FROM dict_ratelimit.policy_metric WHERE policy = 'POLICIES_LIST' "
+                "AND prev_response_time IS NOT NULL ORDER BY response_time, ispb"
+            )
+        ).fetchall()
+    assert [(r.elapsed_seconds, r.own_calls) for r in rows] == [(9, 1)] * 2 + [(51, 1)] * 2
+    assert {r.estimate_note for r in rows[:2]} == {"previous reading too close for an estimate"}
+    assert {r.demand_per_min for r in rows[:2]} == {None}
+    # nobody else lists: our own call explains everything the bucket lost
+    assert {r.demand_lower_per_min for r in rows[2:]} == {0.0}

@@ -20,6 +20,9 @@ from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.certs import issue, make_ca
 from dict_ratelimit_tests.simulation import START, running_simulator
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
+
 CODES = {
     "00000001": (grpc.StatusCode.UNAVAILABLE, True),
     "00000002": (grpc.StatusCode.DEADLINE_EXCEEDED, True),

@@ -168,3 +168,57 @@ def test_a_reading_more_than_a_day_old_is_no_previous_reading() -> None:
     assert frame["estimate_note"][0] == "no previous reading"
     assert pd.isna(frame["estimate_note"][1])  # stored as NULL
     assert pd.isna(frame["elapsed_seconds"][0]) and frame["elapsed_seconds"][1] == 300
+
+
+def test_the_monitors_own_calls_are_taken_off_every_demand_estimate() -> None:
+    """POLICIES_LIST (20, 1 per 10 s) read at 15 and at 10 one minute later, with 3 listings
+    of the monitor's own in between: 3 tokens/min of the estimates are ours, not demand."""
+    import numpy as np
+
+    from dict_ratelimit.domain.metrics_batch import SnapshotPairs, compute_metrics
+
+    def run(own: float) -> dict:
+        return compute_metrics(
+            SnapshotPairs(
+                available=np.array([10.0]),
+                capacity=np.array([20.0]),
+                refill_tokens=np.array([1.0]),
+                refill_period=np.array([10.0]),
+                prev_available=np.array([15.0]),
+                elapsed=np.array([60.0]),
+                shape_changed=np.array([False]),
+                max_overdraft=np.array([0.0]),
+                own_calls=np.array([own]),
+            ),
+            clear_ratio=np.array([0.3]),
+        )
+
+    theirs, ours = run(0.0), run(3.0)
+    for column in ("demand_per_min", "demand_lower_per_min", "demand_upper_per_min",
+                   "demand_continuous_per_min"):  # fmt: skip
+        assert ours[column][0] == pytest.approx(max(0.0, theirs[column][0] - 3.0)), column
+    assert ours["demand_per_min"][0] < theirs["demand_per_min"][0]
+
+
+def test_readings_seconds_apart_give_no_estimate_rather_than_a_wild_one() -> None:
+    import numpy as np
+
+    from dict_ratelimit.domain.metrics_batch import SnapshotPairs, compute_metrics
+
+    out = compute_metrics(
+        SnapshotPairs(
+            available=np.array([18.0, 18.0]),
+            capacity=np.array([20.0, 20.0]),
+            refill_tokens=np.array([1.0, 1.0]),
+            refill_period=np.array([10.0, 10.0]),
+            prev_available=np.array([19.0, 19.0]),
+            elapsed=np.array([9.0, 15.0]),
+            shape_changed=np.array([False, False]),
+            max_overdraft=np.array([0.0, 0.0]),
+        ),
+        clear_ratio=np.array([0.3, 0.3]),
+    )
+    assert np.isnan(out["demand_per_min"][0])
+    assert out["estimate_note"][0] == "previous reading too close for an estimate"
+    assert out["exhaustion_state"][0] == "unknown"
+    assert not np.isnan(out["demand_per_min"][1])  # 15 s apart: an estimate

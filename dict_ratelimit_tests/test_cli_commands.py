@@ -17,6 +17,8 @@ from dict_ratelimit.cli import main
 from dict_ratelimit.settings import get_settings
 from dict_ratelimit_tests.simulation import START, running_simulator
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
 
 def test_simulator_command_serves_until_interrupted() -> None:
     process = subprocess.Popen(

@@ -21,6 +21,8 @@ from dict_ratelimit.storage.database import (
 )
 from dict_ratelimit.storage.embedded import free_port
 
+pytestmark = [pytest.mark.db]
+
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:

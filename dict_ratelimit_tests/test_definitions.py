@@ -19,6 +19,8 @@ from dict_ratelimit.devstack import dagster_environment
 from dict_ratelimit.settings import project_root
 from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
 
+pytestmark = [pytest.mark.e2e]
+
 
 def test_definitions_are_loadable() -> None:
     dg.Definitions.validate_loadable(defs)

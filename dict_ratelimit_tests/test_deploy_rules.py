@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from dict_ratelimit.settings import project_root
 from dict_ratelimit_tests.prometheus_tools import DEPLOY, tool
+
+pytestmark = [pytest.mark.e2e]
 
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:

@@ -12,11 +12,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
 from dict_ratelimit_tests.prometheus_tools import scrape, value
+
+pytestmark = [pytest.mark.e2e]
+
 
 READY_TIMEOUT = 240
 

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, privilege_prefix
 
+pytestmark = [pytest.mark.db]
+
 
 def _query(url: str, sql: str) -> object:
     engine = sa.create_engine(url)

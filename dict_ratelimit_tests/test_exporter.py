@@ -20,6 +20,9 @@ from dict_ratelimit_tests.prometheus_tools import scrape, value
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
+
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
 

@@ -15,7 +15,7 @@ from dict_ratelimit_tests.simulation import RunningSimulator, running_simulator
 from dict_ratelimit_tests.ticks import materializations, monitor_resources, run_tick
 from dict_ratelimit_tests.timebase import base_time, before_next_midnight, day_key
 
-pytestmark = pytest.mark.timebased
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
 
 START = before_next_midnight(base_time(), 15)  # six ticks five minutes apart cross midnight
 DAY, NEXT_DAY = day_key(START), day_key(START + dt.timedelta(days=1))

@@ -17,6 +17,9 @@ from dict_ratelimit_tests.simulation import START, RunningSimulator, running_sim
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 from dict_ratelimit_tests.timebase import before_next_midnight, day_key
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
+
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 
 

@@ -19,6 +19,8 @@ from dict_ratelimit.storage.snapshots import store_readings
 from dict_ratelimit_tests.helpers import reading, utc
 from dict_ratelimit_tests.timebase import base_time
 
+pytestmark = [pytest.mark.db, pytest.mark.timebased]
+
 
 def _months(engine: Engine, parent: str = "policy_snapshot") -> list[dt.date]:
     with engine.connect() as connection:

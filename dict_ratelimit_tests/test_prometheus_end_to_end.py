@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import URL, Engine
@@ -20,6 +21,9 @@ from dict_ratelimit.storage.embedded import free_port
 from dict_ratelimit_tests.prometheus_tools import DEPLOY, scrape, tool
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"

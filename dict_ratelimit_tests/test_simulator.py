@@ -17,6 +17,9 @@ from dict_ratelimit.simulator.scenarios import ScenarioError, load_scenario
 from dict_ratelimit.simulator.v1 import control_pb2 as ctl
 from dict_ratelimit_tests.simulation import START, running_simulator
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
+
+
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
 
 

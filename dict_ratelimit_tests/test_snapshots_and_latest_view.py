@@ -14,6 +14,9 @@ from dict_ratelimit.storage.snapshots import store_readings
 from dict_ratelimit_tests.helpers import reading, utc
 from dict_ratelimit_tests.timebase import base_time
 
+pytestmark = [pytest.mark.db, pytest.mark.timebased]
+
+
 NOW = base_time()
 
 

@@ -111,7 +111,7 @@ class BridgeClient:
             raise ValueError("deadline_seconds must be > 0")
         self.target = target
         self.deadline_seconds = deadline_seconds
-        options = [("grpc.keepalive_time_ms", 60_000)]
+        options: list[tuple[str, str | int]] = [("grpc.keepalive_time_ms", 60_000)]
         if tls is not None:
             if tls.server_name_override:
                 options.append(("grpc.ssl_target_name_override", tls.server_name_override))

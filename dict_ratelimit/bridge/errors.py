@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import grpc
 
 RETRYABLE_CODES = frozenset(
@@ -75,7 +78,9 @@ def classify(
     details = (error.details() if hasattr(error, "details") else None) or str(error)
     retry_after = None
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in trailing or ():
+    # synchronous grpc gives plain (key, value) tuples (the stubs say otherwise)
+    pairs = cast("Sequence[tuple[str, str | bytes]]", trailing or ())
+    for key, value in pairs:
         if key.lower() == "retry-after":
             try:
                 retry_after = max(0.0, float(value))

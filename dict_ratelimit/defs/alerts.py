@@ -9,6 +9,7 @@ monitor has not succeeded recently, so open alerts go NODATA and the dead man's 
 """
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -48,7 +49,7 @@ def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _metadata(report: AlertReport, waiting: int, table: str, report_now: str) -> dict[str, object]:
+def _metadata(report: AlertReport, waiting: int, table: str, report_now: str) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     for transition in report.transitions:
         kinds[transition.kind.value] = kinds.get(transition.kind.value, 0) + 1

@@ -12,6 +12,7 @@ rows.
 """
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -63,7 +64,7 @@ def _top(frame: pd.DataFrame, column: str, label: str, limit: int = 5) -> dg.Met
     return dg.MetadataValue.md("\n".join(lines) if len(lines) > 2 else "(none)")
 
 
-def _metrics_metadata(report: DeriveReport, window: str) -> dict[str, object]:
+def _metrics_metadata(report: DeriveReport, window: str) -> dict[str, Any]:
     frame = report.metrics
     censored = frame["censored"].value_counts().to_dict() if not frame.empty else {}
     notes = frame["estimate_note"].value_counts().to_dict() if not frame.empty else {}
@@ -83,7 +84,7 @@ def _metrics_metadata(report: DeriveReport, window: str) -> dict[str, object]:
     }
 
 
-def _evaluations_metadata(report: DeriveReport) -> dict[str, object]:
+def _evaluations_metadata(report: DeriveReport) -> dict[str, Any]:
     frame = report.evaluations
     levels = frame["level"].value_counts().to_dict() if not frame.empty else {}
     latest = (

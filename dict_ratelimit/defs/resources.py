@@ -3,6 +3,7 @@
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -136,7 +137,7 @@ def bridge_resource_from_env() -> BridgeResource:
         "request_stats_window_seconds": ("DICT_RATELIMIT_REQUEST_STATS_WINDOW_SECONDS", int),
         "poll_jitter_seconds": ("DICT_RATELIMIT_POLL_JITTER_SECONDS", float),
     }
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         key: cast(os.environ[env]) for key, (env, cast) in numeric.items() if os.environ.get(env)
     }
     return BridgeResource(
@@ -219,7 +220,7 @@ class PulsarResource(dg.ConfigurableResource):
 
 
 def pulsar_from_env() -> PulsarResource:
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for key, env, cast in (
         ("topic", "DICT_RATELIMIT_PULSAR_TOPIC", str),
         ("producer_name", "DICT_RATELIMIT_PULSAR_PRODUCER_NAME", str),

@@ -12,6 +12,7 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -37,7 +38,7 @@ COMPLETE_READING = "complete_reading"
 BUCKET_SHAPE_UNCHANGED = "bucket_shape_unchanged"
 
 
-def _worst(result: PollResult) -> dict[str, object]:
+def _worst(result: PollResult) -> dict[str, Any]:
     readings = result.all_readings
     if not readings:
         return {}
@@ -141,7 +142,7 @@ def policy_snapshots(
 
     first, last = response_time_range(result)
     latencies = list(result.latency_seconds.values())
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "rows_inserted": stored.stored.inserted,
         "late_successors_requeued": stored.stored.late_successors,
         "queued_for_metrics": stored.stored.queued,

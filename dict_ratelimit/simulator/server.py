@@ -62,10 +62,14 @@ def _malform(listing: Listing, field: str) -> Listing:
         return dataclasses.replace(listing, category="a1")
     if field == "response_time":
         return dataclasses.replace(listing, response_time=None)  # type: ignore[arg-type]
-    if field in ("capacity", "refill_tokens", "refill_period_sec"):
-        policies[0] = dataclasses.replace(first, **{field: 0})
+    if field == "capacity":
+        policies[0] = dataclasses.replace(first, capacity=0)
+    elif field == "refill_tokens":
+        policies[0] = dataclasses.replace(first, refill_tokens=0)
+    elif field == "refill_period_sec":
+        policies[0] = dataclasses.replace(first, refill_period_sec=0)
     elif field == "available_above_capacity":
-        policies[0] = dataclasses.replace(first, available_tokens=first.capacity + 1)
+        policies[0] = dataclasses.replace(first, available_tokens=(first.capacity or 0) + 1)
     elif field == "duplicate_policy":
         policies.append(first)
     elif field == "unknown_policy":
@@ -178,6 +182,7 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
         clock = self.simulator.clock
         if not isinstance(clock, ManualClock):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the clock is not manual")
+            raise AssertionError("unreachable: abort raises")
         if request.seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "seconds must be >= 0")
         clock.advance(request.seconds)
@@ -212,6 +217,7 @@ class ControlServicer(ctl_grpc.SimulatorControlServicer):
         kind = _FAULT_KINDS.get(request.kind)
         if kind is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "fault kind is required")
+            raise AssertionError("unreachable: abort raises")
         try:
             fault = Fault(
                 kind=kind,

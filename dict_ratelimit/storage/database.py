@@ -85,6 +85,8 @@ def ensure_database(url: str | URL, *, connect_timeout: int = 5) -> bool:
             ).scalar()
             if exists:
                 return False
+            if not target.database:
+                raise ValueError("the database URL names no database")
             quoted = connection.dialect.identifier_preparer.quote(target.database)
             connection.execute(sa.text(f"CREATE DATABASE {quoted}"))
             return True

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 
-def latest_readings(engine: Engine, ispbs: Sequence[str]) -> list[sa.Row]:
+def latest_readings(engine: Engine, ispbs: Sequence[str]) -> Sequence[sa.Row]:
     """Latest reading per policy of these participants, lowest remaining ratio first."""
     with engine.connect() as connection:
         return connection.execute(
@@ -18,7 +18,7 @@ def latest_readings(engine: Engine, ispbs: Sequence[str]) -> list[sa.Row]:
                 "WHERE ispb = ANY(:ispbs) ORDER BY remaining_ratio, ispb, policy"
             ),
             {"ispbs": list(ispbs)},
-        ).all()
+        ).fetchall()
 
 
 def format_readings(rows: Sequence[sa.Row]) -> str:

@@ -123,7 +123,7 @@ def store_readings(connection: Connection, readings: Sequence[PolicyReading]) ->
         connection,
         "policy_snapshot",
         SNAPSHOT_COLUMNS,
-        ((getattr(r, column) for column in SNAPSHOT_COLUMNS) for r in readings),
+        [[getattr(r, column) for column in SNAPSHOT_COLUMNS] for r in readings],
     )
     # exec_driver_sql: database errors surface as SQLAlchemy exceptions (IntegrityError...)
     connection.exec_driver_sql(_UPSERT_PARTICIPANTS)
