@@ -185,3 +185,50 @@ def test_partition_names_come_from_validated_dates_only() -> None:
         partition_name("policy_snapshot", dt.date(2026, 1, 2))
     with pytest.raises(ValueError, match="invalid table name"):
         partition_name("x; DROP TABLE y", dt.date(2026, 1, 1))
+
+
+def test_a_month_is_detached_before_it_is_dropped_and_the_lock_time_reported(
+    engine: Engine,
+) -> None:
+    _prepare_history(engine, dt.date(2026, 9, 1), dt.date(2026, 11, 1))
+    changes = apply_retention(engine, RetentionPolicy(retention_months=1), dt.date(2026, 11, 1))
+    dropped = "dict_ratelimit.policy_snapshot_y2026m09"
+    assert dropped in changes.dropped
+    assert set(changes.parent_lock_seconds) == set(changes.dropped) == set(changes.drop_seconds)
+    assert all(0 <= seconds < 5 for seconds in changes.parent_lock_seconds.values())
+    with engine.connect() as connection:
+        assert (
+            connection.execute(sa.text("SELECT to_regclass(:n)"), {"n": dropped}).scalar() is None
+        )
+
+
+def test_a_detach_left_pending_by_an_interrupted_run_is_finished(engine: Engine) -> None:
+    """A concurrent detach waits for older snapshots; cancelled there, it stays pending (the
+    partition belongs to no month any more, but still to its parent) until FINALIZE."""
+    _prepare_history(engine, dt.date(2026, 9, 1), dt.date(2026, 11, 1))
+    old = "dict_ratelimit.policy_snapshot_y2026m09"
+    reader = engine.connect()
+    reader.execute(sa.text("SELECT count(*) FROM dict_ratelimit.policy_snapshot"))  # a snapshot
+    try:
+        with engine.connect() as raw:
+            detacher = raw.execution_options(isolation_level="AUTOCOMMIT")
+            detacher.execute(sa.text("SET statement_timeout = '500ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                detacher.execute(
+                    sa.text(
+                        f"ALTER TABLE dict_ratelimit.policy_snapshot DETACH PARTITION {old} "
+                        "CONCURRENTLY"
+                    )
+                )
+    finally:
+        reader.close()
+    with engine.connect() as connection:
+        pending = connection.execute(
+            sa.text(
+                "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = CAST(:n AS regclass)"
+            ),
+            {"n": old},
+        ).scalar()
+    assert pending is True
+    changes = apply_retention(engine, RetentionPolicy(retention_months=1), dt.date(2026, 11, 1))
+    assert old in changes.dropped and old not in changes.unmanaged

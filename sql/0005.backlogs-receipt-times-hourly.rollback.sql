@@ -24,11 +24,11 @@ SELECT
     percentile_cont(0.95) WITHIN GROUP (ORDER BY demand_per_min) AS demand_p95_per_min
 FROM timeline
 GROUP BY ispb, policy, date_trunc('hour', response_time);
-ALTER TABLE dict_ratelimit.alert DROP COLUMN IF EXISTS last_received_at;
-ALTER TABLE dict_ratelimit.alert_track DROP COLUMN IF EXISTS last_received_at;
+ALTER TABLE dict_ratelimit.alert DROP COLUMN IF EXISTS last_received_at, DROP COLUMN IF EXISTS last_listing_at;
+ALTER TABLE dict_ratelimit.alert_track DROP COLUMN IF EXISTS last_received_at, DROP COLUMN IF EXISTS last_listing_at;
 DROP TABLE IF EXISTS dict_ratelimit.alert_backlog;
 DROP TABLE IF EXISTS dict_ratelimit.metric_backlog;
 ALTER TABLE dict_ratelimit.policy_metric DROP COLUMN IF EXISTS own_calls;
 DROP INDEX IF EXISTS dict_ratelimit.policy_snapshot_get_idx;
 ALTER TABLE dict_ratelimit.policy_snapshot DROP COLUMN IF EXISTS source;
-ALTER TABLE dict_ratelimit.participant DROP COLUMN IF EXISTS last_reading_at, DROP COLUMN IF EXISTS last_received_at;
+ALTER TABLE dict_ratelimit.participant DROP COLUMN IF EXISTS last_reading_at, DROP COLUMN IF EXISTS last_received_at, DROP COLUMN IF EXISTS last_listing_at;

@@ -60,13 +60,17 @@ WHERE e.response_time > now() - interval '15 minutes'
 -- operator's "when did we last hear from them" read, without searching the snapshots.
 ALTER TABLE dict_ratelimit.participant
     ADD COLUMN last_reading_at timestamptz,
-    ADD COLUMN last_received_at timestamptz;
+    ADD COLUMN last_received_at timestamptz,
+    ADD COLUMN last_listing_at timestamptz;
 COMMENT ON COLUMN dict_ratelimit.participant.last_reading_at IS
     'DICT ResponseTime of the newest stored reading';
+COMMENT ON COLUMN dict_ratelimit.participant.last_listing_at IS
+    'DICT ResponseTime of the newest stored full listing (ListPolicies)';
 COMMENT ON COLUMN dict_ratelimit.participant.last_received_at IS
     'Our clock when the newest stored reading was received (polled_at)';
 UPDATE dict_ratelimit.participant AS p
-SET last_reading_at = l.response_time, last_received_at = l.polled_at
+SET last_reading_at = l.response_time, last_received_at = l.polled_at,
+    last_listing_at = l.response_time
 FROM (
     SELECT DISTINCT ON (ispb) ispb, response_time, polled_at
     FROM dict_ratelimit.latest_policy_state ORDER BY ispb, response_time DESC

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource
 from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.storage.outbox import purge_published
-from dict_ratelimit.storage.partitions import apply_retention
+from dict_ratelimit.storage.partitions import PartitionChanges, apply_retention
 
 FINISHED_STATUSES = [
     dg.DagsterRunStatus.SUCCESS,
@@ -87,6 +87,18 @@ class RetentionConfig(dg.Config):
         return now.astimezone(dt.timezone.utc).date()
 
 
+def _drops_table(changes: PartitionChanges) -> str:
+    if not changes.dropped:
+        return "(none)"
+    lines = ["| partition | parent locked (detach) | drop |", "|---|---:|---:|"]
+    for name in changes.dropped:
+        lines.append(
+            f"| {name} | {changes.parent_lock_seconds.get(name, 0.0) * 1000:.1f} ms "
+            f"| {changes.drop_seconds.get(name, 0.0) * 1000:.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def purge_old_runs(instance: dg.DagsterInstance, older_than_days: int, now: dt.datetime) -> int:
     """Delete finished runs created more than ``older_than_days`` ago; returns how many."""
     if older_than_days == 0:
@@ -150,6 +162,12 @@ def maintain_partitions(
             "created": dg.MetadataValue.json(changes.created),
             "dropped": dg.MetadataValue.json(changes.dropped),
             "unmanaged": dg.MetadataValue.json(changes.unmanaged),
+            # DETACH … CONCURRENTLY: reads and writes of the parent go on meanwhile
+            "parent_lock_seconds_max": round(
+                max(changes.parent_lock_seconds.values(), default=0.0), 4
+            ),
+            "drop_seconds_total": round(sum(changes.drop_seconds.values()), 4),
+            "drops": dg.MetadataValue.md(_drops_table(changes)),
             "dagster_runs_deleted": runs_deleted,
             "published_events_purged": events_purged,
             "partition_maintenance_seconds": round(partitions_seconds, 3),

@@ -59,26 +59,21 @@ LEFT JOIN dict_ratelimit.participant AS pa USING (ispb)
 WHERE a.status <> 'resolved'
 """
 
+# running totals kept by the writers (never a count over all of history)
 _ALERT_TOTALS = """
-SELECT ispb, count(*) AS created, count(resolved_at) AS resolved
-FROM dict_ratelimit.alert GROUP BY ispb
+SELECT ispb, opened AS created, resolved FROM dict_ratelimit.alert_counter
 """
 
+# the newest sweep: ordered on the column itself (an index scan of the newest partition),
+# not on an output expression
 _LATEST_TICK = """
-SELECT extract(epoch FROM polled_at) AS polled_at, duration_seconds, bridge_seconds,
-       participants, answered, failed
-FROM dict_ratelimit.monitor_tick ORDER BY polled_at DESC LIMIT 1
+SELECT extract(epoch FROM t.polled_at) AS polled_epoch, t.duration_seconds, t.bridge_seconds,
+       t.participants, t.answered, t.failed
+FROM dict_ratelimit.monitor_tick AS t ORDER BY t.polled_at DESC LIMIT 1
 """
 
-_TICK_TOTALS = """
-SELECT count(*) AS ticks, coalesce(sum(failed), 0) AS failed FROM dict_ratelimit.monitor_tick
-"""
-
-_BRIDGE_ERRORS = """
-SELECT e.key AS error_class, sum(e.value::bigint) AS n
-FROM dict_ratelimit.monitor_tick AS t, jsonb_each_text(t.bridge_errors) AS e
-WHERE t.failed > 0
-GROUP BY e.key
+_MONITOR_COUNTERS = """
+SELECT counter, value FROM dict_ratelimit.monitor_counter
 """
 
 _OUTBOX = """
@@ -318,19 +313,22 @@ class DictRateLimitCollector(Collector):
         if tick is not None:
             duration.add_metric([], tick.duration_seconds)
             bridge.add_metric([], tick.bridge_seconds)
-            last.add_metric([], float(tick.polled_at))
+            last.add_metric([], float(tick.polled_epoch))
             answered.add_metric([], tick.answered)
             failed.add_metric([], tick.failed)
-        totals = connection.execute(sa.text(_TICK_TOTALS)).one()
+        counters = {
+            row.counter: int(row.value) for row in connection.execute(sa.text(_MONITOR_COUNTERS))
+        }
         sweeps = f.counter("monitoring_sweeps", "Monitor sweeps stored", [])
-        sweeps.add_metric([], totals.ticks)
+        sweeps.add_metric([], counters.get("sweeps", 0))
         errors = f.counter(
             "bridge_errors",
             "Participants whose Bridge call failed, by error class",
             ["error_class"],
         )
         counts = dict.fromkeys(ERROR_CLASSES, 0)  # a counter that exists from 0 on
-        for row in connection.execute(sa.text(_BRIDGE_ERRORS)):
-            counts[row.error_class] = int(row.n)
+        for name, value in counters.items():
+            if name.startswith("bridge_error:"):
+                counts[name.removeprefix("bridge_error:")] = value
         for error_class, count in sorted(counts.items()):
             errors.add_metric([error_class], count)

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from dict_ratelimit.domain.alerts import (
     AlertRules,
     Episode,
+    Kind,
     Observation,
     Status,
     Track,
@@ -254,6 +255,29 @@ def _episode_params(episode: Episode) -> dict[str, Any]:
     }
 
 
+_COUNT_EPISODES = """
+INSERT INTO dict_ratelimit.alert_counter AS c (ispb, opened, resolved)
+VALUES (:ispb, :opened, :resolved)
+ON CONFLICT (ispb) DO UPDATE SET opened = c.opened + EXCLUDED.opened,
+                                 resolved = c.resolved + EXCLUDED.resolved
+"""
+
+
+def _episode_counts(transitions: Sequence[Transition]) -> list[dict[str, Any]]:
+    """Per participant: episodes opened (an episode's first event) and resolved."""
+    counts: dict[str, list[int]] = {}
+    for transition in transitions:
+        if transition.episode is None:
+            continue
+        opened = transition.episode.sequence == 1
+        resolved = transition.kind == Kind.RESOLVED
+        if opened or resolved:
+            entry = counts.setdefault(transition.ispb, [0, 0])
+            entry[0] += opened
+            entry[1] += resolved
+    return [{"ispb": ispb, "opened": o, "resolved": r} for ispb, (o, r) in counts.items()]
+
+
 def save(
     connection: Connection,
     before: dict[tuple[str, str], Track],
@@ -292,6 +316,9 @@ def save(
         connection.execute(
             sa.text(_UPSERT_ALERT), [_episode_params(episode) for episode in episodes.values()]
         )
+    counts = _episode_counts(transitions)
+    if counts:
+        connection.execute(sa.text(_COUNT_EPISODES), counts)
     if transitions:
         connection.execute(
             sa.text(_INSERT_EVENT),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -21,6 +22,9 @@ from dict_ratelimit.storage.database import SCHEMA
 
 _NAME = re.compile(r"^(?P<parent>[a-z_][a-z0-9_]*)_y(?P<year>\d{4})m(?P<month>\d{2})$")
 LOCK_TIMEOUT = "10s"
+#: A concurrent detach waits for the transactions that still see the partition; one that is
+#: cancelled by this timeout leaves the detach pending, and the next run finalizes it.
+DETACH_TIMEOUT = "5min"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class PartitionChanges:
     dropped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     unmanaged: list[str] = field(default_factory=list)
+    #: per dropped partition: seconds its parent was locked (the DETACH) and the DROP took
+    parent_lock_seconds: dict[str, float] = field(default_factory=dict)
+    drop_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def partition_name(parent: str, month: dt.date) -> str:
@@ -70,9 +77,16 @@ def partitioned_tables(connection: Connection) -> list[str]:
 
 def existing_partitions(connection: Connection, parent: str) -> tuple[list[Partition], list[str]]:
     """(managed monthly partitions sorted by month, names of unmanaged partitions)."""
+    managed, unmanaged, _pending = _children(connection, parent)
+    return managed, unmanaged
+
+
+def _children(connection: Connection, parent: str) -> tuple[list[Partition], list[str], set[str]]:
+    """Managed partitions, unmanaged names, and the names whose detach is still pending (a
+    ``DETACH … CONCURRENTLY`` that was interrupted)."""
     rows = connection.execute(
         sa.text(
-            "SELECT child.relname FROM pg_inherits i "
+            "SELECT child.relname, i.inhdetachpending FROM pg_inherits i "
             "JOIN pg_class child ON child.oid = i.inhrelid "
             "JOIN pg_class parent ON parent.oid = i.inhparent "
             "JOIN pg_namespace n ON n.oid = parent.relnamespace "
@@ -82,13 +96,16 @@ def existing_partitions(connection: Connection, parent: str) -> tuple[list[Parti
     )
     managed: list[Partition] = []
     unmanaged: list[str] = []
-    for (name,) in rows:
+    pending: set[str] = set()
+    for name, detach_pending in rows:
         match = _NAME.match(name)
+        if detach_pending:
+            pending.add(name)
         if match and match["parent"] == parent and 1 <= int(match["month"]) <= 12:
             managed.append(Partition(parent, dt.date(int(match["year"]), int(match["month"]), 1)))
         else:
             unmanaged.append(name)
-    return sorted(managed, key=lambda p: p.month), sorted(unmanaged)
+    return sorted(managed, key=lambda p: p.month), sorted(unmanaged), pending
 
 
 def _qualified(connection: Connection, name: str) -> str:
@@ -138,21 +155,47 @@ def apply_retention(engine: Engine, policy: RetentionPolicy, today: dt.date) -> 
     """Create upcoming partitions and drop the expired ones of every partitioned table.
 
     Idempotent: a second pass on the same day creates and drops nothing. Only whole partitions
-    are dropped; the current and future months are never touched.
+    are dropped; the current and future months are never touched. Each expired partition is
+    first detached with ``DETACH PARTITION … CONCURRENTLY`` (the parent keeps serving reads
+    and writes: only a SHARE UPDATE EXCLUSIVE lock), then dropped in a transaction of its own,
+    so unlinking gigabytes of files never holds a lock on the parent. A detach left pending
+    by an interrupted run is finished first (``FINALIZE``).
     """
     changes = ensure_partitions(engine, policy, today)
+    expired: list[tuple[str, str, bool]] = []  # (parent, partition, detach pending)
     with engine.begin() as connection:
-        connection.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         for parent in partitioned_tables(connection):
-            managed, unmanaged = existing_partitions(connection, parent)
-            changes.unmanaged.extend(f"{SCHEMA}.{name}" for name in unmanaged)
+            managed, unmanaged, pending = _children(connection, parent)
+            changes.unmanaged.extend(
+                f"{SCHEMA}.{name}" for name in unmanaged if name not in pending
+            )
             for partition in managed:
                 qualified_name = f"{SCHEMA}.{partition.name}"
                 if policy.is_expired(partition.month, today):
-                    connection.execute(
-                        sa.text(f"DROP TABLE {_qualified(connection, partition.name)}")
-                    )
-                    changes.dropped.append(qualified_name)
+                    expired.append((parent, partition.name, partition.name in pending))
                 else:
                     changes.kept.append(qualified_name)
+    if not expired:
+        return changes
+    with engine.connect() as raw:
+        connection = raw.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(sa.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
+        connection.execute(sa.text(f"SET statement_timeout = '{DETACH_TIMEOUT}'"))
+        for parent, name, detach_pending in expired:
+            mode = "FINALIZE" if detach_pending else "CONCURRENTLY"
+            started = time.perf_counter()
+            connection.execute(
+                sa.text(
+                    f"ALTER TABLE {_qualified(connection, parent)} "
+                    f"DETACH PARTITION {_qualified(connection, name)} {mode}"
+                )
+            )
+            detached = time.perf_counter()
+            connection.execute(sa.text(f"DROP TABLE {_qualified(connection, name)}"))
+            qualified_name = f"{SCHEMA}.{name}"
+            changes.parent_lock_seconds[qualified_name] = detached - started
+            changes.drop_seconds[qualified_name] = time.perf_counter() - detached
+            changes.dropped.append(qualified_name)
+        connection.execute(sa.text("RESET statement_timeout"))
+        connection.execute(sa.text("RESET lock_timeout"))
     return changes

@@ -29,8 +29,10 @@ _COLUMNS = ", ".join(SNAPSHOT_COLUMNS)
 
 _UPSERT_PARTICIPANTS = """
     INSERT INTO dict_ratelimit.participant AS p (ispb, category, category_changed_at,
-                                                 last_reading_at, last_received_at)
-    SELECT DISTINCT ON (ispb) ispb, category, response_time, response_time, polled_at
+                                                 last_reading_at, last_received_at,
+                                                 last_listing_at)
+    SELECT DISTINCT ON (ispb) ispb, category, response_time, response_time, polled_at,
+           max(response_time) FILTER (WHERE source = 'list') OVER (PARTITION BY ispb)
     FROM policy_snapshot_staging ORDER BY ispb, response_time DESC
     ON CONFLICT (ispb) DO UPDATE SET
         -- a late reading (older than what is stored) changes neither category nor freshness
@@ -43,6 +45,7 @@ _UPSERT_PARTICIPANTS = """
             THEN EXCLUDED.category_changed_at ELSE p.category_changed_at END,
         last_reading_at = greatest(p.last_reading_at, EXCLUDED.last_reading_at),
         last_received_at = greatest(p.last_received_at, EXCLUDED.last_received_at),
+        last_listing_at = greatest(p.last_listing_at, EXCLUDED.last_listing_at),
         last_seen_at = now()
 """
 
@@ -145,17 +148,17 @@ class PreviousReadings:
 
 
 def previous_readings(connection: Connection, ispbs: Sequence[str]) -> PreviousReadings:
-    """Latest reading per (ispb, policy) of these participants, through the indexed view."""
+    """Latest shape per (ispb, policy) of these participants, and which policies their newest
+    full listing had: the bounded latest-state view plus the participant's last listing."""
     rows = connection.execute(
         sa.text(
-            "SELECT ispb, policy, response_time, capacity, refill_tokens, refill_period_sec "
-            "FROM dict_ratelimit.latest_policy_state WHERE ispb = ANY(:ispbs)"
+            "SELECT s.ispb, s.policy, s.response_time, s.capacity, s.refill_tokens, "
+            "s.refill_period_sec, (s.response_time = pa.last_listing_at) AS in_last_listing "
+            "FROM dict_ratelimit.latest_policy_state AS s "
+            "JOIN dict_ratelimit.participant AS pa USING (ispb) WHERE s.ispb = ANY(:ispbs)"
         ),
         {"ispbs": list(ispbs)},
     ).all()
-    newest: dict[str, dt.datetime] = {}
-    for row in rows:
-        newest[row.ispb] = max(newest.get(row.ispb, row.response_time), row.response_time)
     shapes = {
         (row.ispb, row.policy): BucketShape(row.capacity, row.refill_tokens, row.refill_period_sec)
         for row in rows
@@ -163,6 +166,6 @@ def previous_readings(connection: Connection, ispbs: Sequence[str]) -> PreviousR
     last_sweep = {
         (row.ispb, row.policy): shapes[(row.ispb, row.policy)]
         for row in rows
-        if row.response_time == newest[row.ispb]
+        if row.in_last_listing
     }
     return PreviousReadings(shapes=shapes, last_sweep=last_sweep)

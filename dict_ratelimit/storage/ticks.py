@@ -11,6 +11,27 @@ from sqlalchemy.engine import Connection
 
 from dict_ratelimit.storage.bulk import ensure_month_partitions
 
+_RECORD = """
+WITH inserted AS (
+    INSERT INTO dict_ratelimit.monitor_tick (polled_at, participants, answered, failed, readings,
+                                             bridge_errors, bridge_seconds, duration_seconds)
+    VALUES (:polled_at, :participants, :answered, :failed, :readings, CAST(:errors AS jsonb),
+            :bridge_seconds, :duration_seconds)
+    ON CONFLICT (polled_at) DO NOTHING
+    RETURNING failed, bridge_errors
+), increments AS (
+    SELECT 'sweeps' AS counter, 1::bigint AS value FROM inserted
+    UNION ALL
+    SELECT 'participants_failed', failed FROM inserted
+    UNION ALL
+    SELECT 'bridge_error:' || e.key, e.value::bigint
+    FROM inserted, jsonb_each_text(inserted.bridge_errors) AS e
+)
+INSERT INTO dict_ratelimit.monitor_counter AS c (counter, value)
+SELECT counter, value FROM increments
+ON CONFLICT (counter) DO UPDATE SET value = c.value + EXCLUDED.value
+"""
+
 
 def record_tick(
     connection: Connection,
@@ -24,15 +45,11 @@ def record_tick(
     bridge_seconds: float,
     duration_seconds: float,
 ) -> None:
-    """Store one sweep (caller's transaction); the same ``polled_at`` twice is kept once."""
+    """Store one sweep and add it to the running counters (caller's transaction); the same
+    ``polled_at`` twice is kept, and counted, once."""
     ensure_month_partitions(connection, "monitor_tick", [polled_at])
     connection.execute(
-        sa.text(
-            "INSERT INTO dict_ratelimit.monitor_tick (polled_at, participants, answered, failed, "
-            "readings, bridge_errors, bridge_seconds, duration_seconds) VALUES (:polled_at, "
-            ":participants, :answered, :failed, :readings, CAST(:errors AS jsonb), "
-            ":bridge_seconds, :duration_seconds) ON CONFLICT (polled_at) DO NOTHING"
-        ),
+        sa.text(_RECORD),
         {
             "polled_at": polled_at,
             "participants": participants,

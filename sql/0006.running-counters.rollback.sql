@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS dict_ratelimit.alert_counter;
+DROP TABLE IF EXISTS dict_ratelimit.monitor_counter;
