@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.settings import project_root
-from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit.storage.database import create_db_engine, normalize_url
 from dict_ratelimit.storage.embedded import EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
 
@@ -20,10 +20,9 @@ def bench_database() -> Iterator[tuple[URL, Engine]]:
     """(url, engine) of a migrated database on a fresh server (fsync on, as in dev)."""
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
         server = EmbeddedPostgres(Path(folder))
-        info = server.ensure_running()
+        server.ensure_running()
         try:
-            url = with_database(info.url(), "bench")
-            ensure_database(url)
+            url = normalize_url(server.application_url("bench"))  # the application role
             engine = create_db_engine(url)
             try:
                 migrate(url, project_root() / "sql", engine)

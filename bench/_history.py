@@ -228,7 +228,9 @@ def _resolved_alerts(connection, ispbs, begin, stop, per_day, rng) -> None:  # t
     rows = []
     for ispb in ispbs:
         for index in range(days * per_day):
-            opened = begin + dt.timedelta(seconds=float(rng.uniform(0, (stop - begin).total_seconds() - 900)))
+            opened = begin + dt.timedelta(
+                seconds=float(rng.uniform(0, (stop - begin).total_seconds() - 900))
+            )
             rows.append(
                 {
                     "alert_key": f"{ispb}/KEYS_CHECK/{opened:%Y%m%dT%H%M%S}{index:04d}Z",

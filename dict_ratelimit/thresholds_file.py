@@ -26,17 +26,31 @@ from dict_ratelimit.domain.thresholds import (
     parse_threshold_config,
 )
 
+#: A real thresholds file is a few KB; anything this big is a mistake (a wrong path).
+MAX_BYTES = 256 * 1024
+
 
 def load_threshold_file(
     path: Path, extra_policies: frozenset[str] = frozenset()
 ) -> ThresholdConfig:
-    """Parse and validate; every error names the file."""
+    """Parse and validate; every error names the file. Policies allowed by
+    ``DICT_RATELIMIT_EXTRA_POLICIES`` may have thresholds of their own."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ThresholdConfigError(f"{path}: {size:,} bytes, at most {MAX_BYTES:,} expected")
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ThresholdConfigError(f"{path}: thresholds file not found") from None
+    except IsADirectoryError:
+        raise ThresholdConfigError(f"{path}: is a folder, not a thresholds file") from None
+    except UnicodeDecodeError as exc:
+        raise ThresholdConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}): is it the right file?"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ThresholdConfigError(f"{path}: not valid YAML: {exc}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise ThresholdConfigError(f"{path}: not valid YAML: {first}") from None
     try:
         return parse_threshold_config(raw, KNOWN_POLICY_NAMES | extra_policies)
     except ThresholdConfigError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from sqlalchemy.engine import URL, Engine
 from dict_ratelimit.domain.retention import RetentionPolicy
 from dict_ratelimit.settings import project_root
 from dict_ratelimit.storage.database import create_db_engine, normalize_url, with_database
-from dict_ratelimit.storage.embedded import EmbeddedPostgres
+from dict_ratelimit.storage.embedded import APPLICATION_ROLE, EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
@@ -42,25 +43,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 TEMPLATE_DB = f"drl_template_{os.getpid()}"
 
 
-def _admin_engine(server_url: URL) -> Engine:
-    return create_db_engine(with_database(server_url, "postgres")).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
+@dataclass(frozen=True)
+class SessionServer:
+    """The session's PostgreSQL server: an administrator's URL (database ``postgres``, allowed
+    to CREATE DATABASE) and the application role the tests connect as."""
+
+    admin: URL
+    application: URL  # same server and database ``postgres``, as the application role
+
+    def database(self, name: str) -> URL:
+        """URL of database ``name`` as the application role."""
+        return with_database(self.application, name)
 
 
-def _create_database(server_url: URL, name: str, template: str | None = None) -> URL:
-    engine = _admin_engine(server_url)
+def _admin_engine(server: SessionServer) -> Engine:
+    return create_db_engine(server.admin).execution_options(isolation_level="AUTOCOMMIT")
+
+
+def create_test_database(server: SessionServer, name: str, template: str | None = None) -> URL:
+    engine = _admin_engine(server)
+    owner = server.application.username
     try:
         with engine.connect() as connection:
             clause = f' TEMPLATE "{template}"' if template else ""
+            if owner and owner != server.admin.username:
+                clause += f' OWNER "{owner}"'
             connection.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
     finally:
         engine.dispose()
-    return with_database(server_url, name)
+    return server.database(name)
 
 
-def _drop_database(server_url: URL, name: str) -> None:
-    engine = _admin_engine(server_url)
+def drop_test_database(server: SessionServer, name: str) -> None:
+    engine = _admin_engine(server)
     try:
         with engine.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -69,48 +84,53 @@ def _drop_database(server_url: URL, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
-    """URL of the session's PostgreSQL server (database ``postgres``)."""
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionServer]:
+    """The session's PostgreSQL server: the embedded one (password authentication, the tests
+    connect as the non-superuser application role), or ``DATABASE_URL``'s (used as is)."""
     if os.environ.get("DATABASE_URL"):
-        yield with_database(normalize_url(os.environ["DATABASE_URL"]), "postgres")
+        url = with_database(normalize_url(os.environ["DATABASE_URL"]), "postgres")
+        yield SessionServer(admin=url, application=url)
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), fast_unsafe=True)
     info = server.ensure_running()
+    password = server.application_role()
+    admin = normalize_url(info.url())
+    application = admin.set(username=APPLICATION_ROLE, password=password)
     try:
-        yield normalize_url(info.url())
+        yield SessionServer(admin=admin, application=application)
     finally:
         server.stop()
 
 
 @pytest.fixture(scope="session")
-def template_db(pg_server: URL) -> Iterator[str]:
+def template_db(pg_server: SessionServer) -> Iterator[str]:
     """A database migrated once per session, cloned by ``db_url``."""
-    url = _create_database(pg_server, TEMPLATE_DB)
+    url = create_test_database(pg_server, TEMPLATE_DB)
     engine = create_db_engine(url)
     try:
         migrate(url, MIGRATIONS_DIR, engine, policy=RetentionPolicy(months_ahead=2))
     finally:
         engine.dispose()
     yield TEMPLATE_DB
-    _drop_database(pg_server, TEMPLATE_DB)
+    drop_test_database(pg_server, TEMPLATE_DB)
 
 
 @pytest.fixture
-def empty_db_url(pg_server: URL) -> Iterator[URL]:
+def empty_db_url(pg_server: SessionServer) -> Iterator[URL]:
     """A fresh, empty database (no migrations), dropped after the test."""
     name = f"drl_test_{uuid.uuid4().hex[:12]}"
-    url = _create_database(pg_server, name)
+    url = create_test_database(pg_server, name)
     yield url
-    _drop_database(pg_server, name)
+    drop_test_database(pg_server, name)
 
 
 @pytest.fixture
-def db_url(pg_server: URL, template_db: str) -> Iterator[URL]:
+def db_url(pg_server: SessionServer, template_db: str) -> Iterator[URL]:
     """A fresh migrated database, dropped after the test."""
     name = f"drl_test_{uuid.uuid4().hex[:12]}"
-    url = _create_database(pg_server, name, template=template_db)
+    url = create_test_database(pg_server, name, template=template_db)
     yield url
-    _drop_database(pg_server, name)
+    drop_test_database(pg_server, name)
 
 
 @pytest.fixture

@@ -92,12 +92,24 @@ def test_unimplemented_request_stats_means_unknown_not_zero(
 def test_bearer_token_and_metadata_reach_the_bridge(scripted: tuple[ScriptedBridge, str]) -> None:
     servicer, target = scripted
     with (
-        BridgeClient(target, bearer_token="t0k3n", metadata=[("X-Institution", "lb")]) as client,
+        BridgeClient(
+            target,
+            bearer_token="t0k3n",
+            allow_plaintext_token=True,
+            metadata=[("X-Institution", "lb")],
+        ) as client,
         pytest.raises(BridgeError),
     ):
         client.list_policies("00000001")
     assert servicer.metadata[-1]["authorization"] == "Bearer t0k3n"
     assert servicer.metadata[-1]["x-institution"] == "lb"
+
+
+def test_a_bearer_token_over_plaintext_is_refused_unless_allowed() -> None:
+    with pytest.raises(ValueError, match="ALLOW_PLAINTEXT_TOKEN"):
+        BridgeClient("127.0.0.1:1", bearer_token="t0k3n")
+    BridgeClient("127.0.0.1:1", bearer_token="t0k3n", allow_plaintext_token=True).close()
+    BridgeClient("127.0.0.1:1", tls=TlsConfig(), bearer_token="t0k3n").close()
 
 
 def test_a_bridge_that_is_down_is_retryable_unavailable() -> None:

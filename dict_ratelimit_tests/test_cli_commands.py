@@ -59,8 +59,8 @@ def test_simulator_command_serves_until_interrupted() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--participant", "123:A"], "'123' is not an 8-digit ISPB"),
-        (["--participant", "12345678:Z"], "category 'Z' is not one of A-H"),
+        (["--participant", "123:A"], "not 8-digit ISPBs: '123'"),
+        (["--participant", "12345678:Z"], "category of 12345678 must be one of A-H, got 'Z'"),
         (["--scenario", "no-such"], "neither a built-in"),
         (["--clock", "sometimes"], "clock must be real, manual or xN"),
     ],
@@ -100,7 +100,9 @@ def test_tick_without_a_bridge_says_what_is_missing(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(main, ["tick"])
     get_settings.cache_clear()
     assert result.exit_code == 1
-    assert "DICT_RATELIMIT_BRIDGE_TARGET is not set" in result.output
+    assert "DICT_RATELIMIT_BRIDGE_TARGET and DICT_RATELIMIT_PARTICIPANTS must be set" in (
+        result.output
+    )
 
 
 def test_events_tail_prints_published_events_and_with_all_the_waiting_ones(

@@ -6,18 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dict_ratelimit.definitions import defs
 from dict_ratelimit.defs.resources import PostgresResource
 from dict_ratelimit.devstack import dagster_environment
 from dict_ratelimit.settings import project_root
-from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+from dict_ratelimit_tests.conftest import SessionServer, create_test_database, drop_test_database
 
 pytestmark = [pytest.mark.e2e]
 
@@ -63,22 +63,19 @@ def test_database_url_is_an_env_var_not_a_literal() -> None:
 
 
 @pytest.fixture
-def instance_home(tmp_path: Path, pg_server: URL, monkeypatch: pytest.MonkeyPatch) -> Path:
+def instance_home(
+    tmp_path: Path, pg_server: SessionServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """A DAGSTER_HOME with the repository's dagster.yaml, its env pointing at the test server."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(project_root() / "dagster.yaml", home / "dagster.yaml")
     db_name = f"dagster_{tmp_path.name[-20:].replace('-', '_').lower()}"
-    ensure_database(with_database(pg_server, db_name))
-    for key, value in dagster_environment(pg_server, db_name, home).items():
+    instance_url = create_test_database(pg_server, db_name)
+    for key, value in dagster_environment(pg_server.application, instance_url, home).items():
         monkeypatch.setenv(key, value)
     yield home
-    admin = create_db_engine(with_database(pg_server, "postgres")).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_test_database(pg_server, db_name)
 
 
 def test_deployed_instance_config_stores_runs_in_postgres(instance_home: Path, db_url: URL) -> None:

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from dict_ratelimit.exporter.collector import DictRateLimitCollector
+from dict_ratelimit.exporter.exposition import CONTENT_TYPE
 from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.database import create_db_engine
-from dict_ratelimit.storage.embedded import free_port
+from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
+from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
 from dict_ratelimit_tests.prometheus_tools import scrape, value
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
@@ -147,3 +157,152 @@ def test_the_exporter_command_starts_and_serves_while_the_database_is_down() -> 
         process.send_signal(signal.SIGINT)
         process.wait(15)
     assert process.returncode == 0
+
+
+def _get(port: int, path: str, encoding: str = "") -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if encoding:
+        request.add_header("Accept-Encoding", encoding)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_metrics_gzipped_when_asked_and_404_elsewhere(exporter_port: int) -> None:
+    status, headers, body = _get(exporter_port, "/metrics", "gzip, deflate")
+    assert status == 200 and headers["Content-Type"] == CONTENT_TYPE
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"dict_rate_limit_exporter_database_up 1.0" in gzip.decompress(body)
+    status, headers, body = _get(exporter_port, "/metrics")
+    assert "Content-Encoding" not in headers and b"exporter_database_up 1.0" in body
+    assert _get(exporter_port, "/other")[0] == 404
+
+
+def test_abandoned_requests_are_not_served_and_cost_no_queue(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 clients that sent their request and left, against a collection taking 0.3 s: the
+    next scrape still answers within 2 s (served one after another, they took 30 s)."""
+    original = DictRateLimitCollector.collect
+
+    def slow(self):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return original(self)
+
+    monkeypatch.setattr(DictRateLimitCollector, "collect", slow)
+    server, thread = start_exporter(engine, "127.0.0.1", 0)
+    try:
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", server.server_port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.close()
+        time.sleep(0.2)
+        started = time.monotonic()
+        samples = scrape(server.server_port)
+        took = time.monotonic() - started
+        collections = server.flight.collections  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert value(samples, "dict_rate_limit_exporter_database_up") == 1
+    assert took < 2, took
+    assert collections < 10  # the departed were dropped or shared one collection
+
+
+def test_a_broken_query_blanks_only_its_own_collector(
+    db_url: URL, engine: Engine, exporter_port: int
+) -> None:
+    with running_simulator(PARTICIPANTS, "steady") as sim:
+        assert run_tick(sim, monitor_resources(sim, db_url, list(PARTICIPANTS))).success
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE dict_ratelimit.alert_counter"))
+    samples = scrape(exporter_port)
+    success = {
+        s.labels["collector"]: s.value
+        for s in samples["dict_rate_limit_exporter_collector_success"]
+    }
+    assert success == {
+        "policies": 1, "participants": 1, "alerts": 0, "outbox": 1, "monitor": 1,
+    }  # fmt: skip
+    assert value(samples, "dict_rate_limit_exporter_database_up") == 1
+    assert len(samples["dict_rate_limit_available_tokens"]) == 56  # the others are all there
+    assert "dict_rate_limit_alerts_created_total" not in samples
+
+
+def _server_processes(postmaster: int) -> list[int]:
+    """The postmaster and its children (the backends serving our connections)."""
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "pg", fast_unsafe=True)
+    server.ensure_running()
+    yield server
+    server.stop_server()
+
+
+def test_a_frozen_database_gives_database_up_0_within_the_budget(
+    own_server: EmbeddedPostgres,
+) -> None:
+    engine = create_db_engine(own_server.application_url("app"), connect_timeout=2)
+    migrate(engine.url, MIGRATIONS_DIR, engine)
+    server, thread = start_exporter(engine, "127.0.0.1", 0, budget_seconds=3)
+    info = own_server.running_server()
+    assert info is not None
+    frozen = _server_processes(info[0])
+    try:
+        assert value(scrape(server.server_port), "dict_rate_limit_exporter_database_up") == 1
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        samples = scrape(server.server_port)
+        assert time.monotonic() - started < 5
+        assert value(samples, "dict_rate_limit_exporter_database_up") == 0
+        again = scrape(server.server_port)  # while the stuck collection still waits: at once
+        assert value(again, "dict_rate_limit_exporter_database_up") == 0
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while value(scrape(server.server_port), "dict_rate_limit_exporter_database_up") != 1:
+        assert time.monotonic() < deadline, "no recovery after SIGCONT"
+        time.sleep(0.5)
+    server.shutdown()
+    thread.join(5)
+    engine.dispose()
+
+
+def test_after_a_kill_9_and_a_restart_the_exporter_recovers_on_its_own(
+    own_server: EmbeddedPostgres,
+) -> None:
+    engine = create_db_engine(own_server.application_url("app"), connect_timeout=2)
+    migrate(engine.url, MIGRATIONS_DIR, engine)
+    server, thread = start_exporter(engine, "127.0.0.1", 0)
+    try:
+        assert value(scrape(server.server_port), "dict_rate_limit_exporter_database_up") == 1
+        info = own_server.running_server()
+        assert info is not None
+        os.kill(info[0], signal.SIGKILL)
+        time.sleep(0.5)
+        assert value(scrape(server.server_port), "dict_rate_limit_exporter_database_up") == 0
+        EmbeddedPostgres(own_server.data_dir, fast_unsafe=True).ensure_running()  # db start
+        deadline = time.monotonic() + 30
+        while value(scrape(server.server_port), "dict_rate_limit_exporter_database_up") != 1:
+            assert time.monotonic() < deadline, "the exporter did not recover within 30 s"
+            time.sleep(0.5)
+    finally:
+        server.shutdown()
+        thread.join(5)
+        engine.dispose()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
-from wsgiref.util import setup_testing_defaults
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from dict_ratelimit.exporter.exposition import CONTENT_TYPE, metrics_app, render
+from dict_ratelimit.exporter.exposition import render
 
 
 def families() -> list:
@@ -54,28 +51,3 @@ def test_render_parses_like_generate_latest() -> None:
     expected = parsed(generate_latest(registry).decode())
     assert parsed(render(families()).decode()) == expected
     assert len(expected) == 8
-
-
-def _call(app, path: str, encoding: str = "") -> tuple[str, dict, bytes]:  # type: ignore[no-untyped-def]
-    environ: dict = {"PATH_INFO": path, "HTTP_ACCEPT_ENCODING": encoding}
-    setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO()
-    captured: dict = {}
-
-    def start_response(status: str, headers: list) -> None:
-        captured["status"], captured["headers"] = status, dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return captured["status"], captured["headers"], body
-
-
-def test_the_app_serves_metrics_gzipped_when_asked_and_404_elsewhere() -> None:
-    app = metrics_app(lambda: iter(families()))
-    status, headers, body = _call(app, "/metrics", "gzip, deflate")
-    assert status == "200 OK" and headers["Content-Type"] == CONTENT_TYPE
-    assert headers["Content-Encoding"] == "gzip"
-    assert gzip.decompress(body) == render(families())
-    status, headers, body = _call(app, "/metrics")
-    assert "Content-Encoding" not in headers and body == render(families())
-    status, _, _ = _call(app, "/other")
-    assert status.startswith("404")

@@ -123,10 +123,12 @@ def test_the_tick_queries_read_only_recent_partitions(history: Engine) -> None:
         }
         checks = {
             "previous readings": (
-                "SELECT s.*, pa.last_listing_at FROM dict_ratelimit.latest_policy_state s "
-                "JOIN dict_ratelimit.participant pa USING (ispb) "
-                "WHERE s.ispb = ANY(%(ispbs)s)",
-                {"ispbs": list(PARTICIPANTS)},
+                snapshot_storage._PREVIOUS_READINGS,
+                {
+                    "ispbs": list(PARTICIPANTS),
+                    "low": NOW - dt.timedelta(days=1, minutes=5),
+                    "high": NOW,
+                },
             ),
             "pairs by key": (metric_storage._BY_KEYS, key_params),
             "alert observations": (alert_storage._OBSERVATIONS, key_params),
@@ -152,12 +154,13 @@ def test_the_tick_queries_read_only_recent_partitions(history: Engine) -> None:
 
 def test_the_exporter_and_analyst_queries_read_only_recent_partitions(history: Engine) -> None:
     with history.connect() as connection:
+        bounds = {"low": NOW - dt.timedelta(days=2), "high": NOW}  # what the collector passes
         for sql in (
             collector._LATEST,
             collector._LATEST_TICK,
             "SELECT * FROM dict_ratelimit.latest_policy_state",
         ):
-            executed = _executed_partitions(connection, sql, {})
+            executed = _executed_partitions(connection, sql, bounds)
             assert executed
             _assert_recent(executed)
         hourly = _executed_partitions(

@@ -218,14 +218,16 @@ def test_postgres_down_fails_the_tick_cleanly_and_the_next_one_stores(
 ) -> None:  # type: ignore[no-untyped-def]
     """Its own server, stopped during the tick: the step retries, then fails naming the
     database; nothing half-stored; after the restart the next tick stores everything."""
-    from dict_ratelimit.storage.database import create_db_engine, ensure_database, with_database
+    from sqlalchemy.engine import make_url
+
+    from dict_ratelimit.storage.database import create_db_engine
     from dict_ratelimit.storage.embedded import EmbeddedPostgres
     from dict_ratelimit.storage.migrations import migrate
     from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
 
     server = EmbeddedPostgres(tmp_path / "pg", fast_unsafe=True)
-    url = with_database(server.ensure_running().url(), "dict")
-    ensure_database(url)
+    server.ensure_running()
+    url = make_url(server.application_url("dict"))
     engine = create_db_engine(url)
     migrate(url, MIGRATIONS_DIR, engine)
     engine.dispose()
@@ -238,7 +240,7 @@ def test_postgres_down_fails_the_tick_cleanly_and_the_next_one_stores(
         failure = down.get_step_failure_events()[0].step_failure_data.error
         assert "127.0.0.1" in (failure.cause.message if failure.cause else failure.message)
 
-        url = with_database(server.ensure_running().url(), "dict")  # a new port after restart
+        assert server.ensure_running().port == make_url(url).port  # the same port again
         sim.advance(300)
         up = _tick(sim, url)
         assert up.success

@@ -61,7 +61,8 @@ def test_readings_on_both_sides_of_a_month_boundary_land_in_their_months(engine:
     with engine.connect() as connection:
         rows = connection.execute(
             sa.text(
-                "SELECT tableoid::regclass::text, count(*) FROM dict_ratelimit.policy_snapshot "
+                "SELECT 'dict_ratelimit.' || c.relname, count(*) "
+                "FROM dict_ratelimit.policy_snapshot s JOIN pg_class c ON c.oid = s.tableoid "
                 "GROUP BY 1 ORDER BY 1"
             )
         ).all()

@@ -104,11 +104,18 @@ class BridgeClient:
         *,
         tls: TlsConfig | None = None,
         bearer_token: str | None = None,
+        allow_plaintext_token: bool = False,
         metadata: Sequence[tuple[str, str]] = (),
         deadline_seconds: float = 10.0,
     ) -> None:
         if deadline_seconds <= 0:
             raise ValueError("deadline_seconds must be > 0")
+        if bearer_token and tls is None and not allow_plaintext_token:
+            raise ValueError(
+                "the Bridge token would be sent in clear over a plaintext channel: configure "
+                "TLS (DICT_RATELIMIT_BRIDGE_TLS / _TLS_CA) or set "
+                "DICT_RATELIMIT_BRIDGE_ALLOW_PLAINTEXT_TOKEN=true"
+            )
         self.target = target
         self.deadline_seconds = deadline_seconds
         options: list[tuple[str, str | int]] = [("grpc.keepalive_time_ms", 60_000)]

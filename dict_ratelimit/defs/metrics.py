@@ -26,7 +26,7 @@ MODE_TAG = "dict_ratelimit/mode"
 INCREMENTAL = "incremental"
 
 DAILY = dg.DailyPartitionsDefinition(
-    start_date=get_settings().partitions_start,
+    start_date=get_settings().partitions_start.isoformat(),
     timezone="UTC",
     end_offset=1,  # today's partition exists while today is running
 )

@@ -1,7 +1,14 @@
-"""Dagster resources: small ConfigurableResource classes fed by ``dg.EnvVar``."""
+"""Dagster resources: small ConfigurableResource classes built from the validated settings.
+
+:func:`default_resources` turns :class:`~dict_ratelimit.settings.Settings` into resources:
+plain values are copied (they show in the UI, which is the point), secrets (the database URL,
+tokens, private keys) are ``dg.EnvVar`` so that the UI and the run storage only ever see the
+variable's name.
+"""
+
+from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +20,10 @@ from dict_ratelimit.bridge.client import BridgeClient, TlsConfig
 from dict_ratelimit.clock import Clock, clock_at
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
-from dict_ratelimit.domain.readings import ISPB_PATTERN
 from dict_ratelimit.domain.thresholds import ThresholdConfig, parse_threshold_config
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE
 from dict_ratelimit.events.publisher import DEFAULT_PRODUCER_NAME, DEFAULT_TOPIC, PulsarTarget
+from dict_ratelimit.settings import Settings, get_settings, parse_participants
 from dict_ratelimit.storage.database import create_db_engine, redact
 from dict_ratelimit.thresholds_file import load_threshold_file
 
@@ -66,14 +73,10 @@ class ClockResource(dg.ConfigurableResource):
 
 
 class BridgeResource(dg.ConfigurableResource):
-    """The institution's Bridge to DICT and the participants to monitor.
+    """The institution's Bridge to DICT and the participants to monitor."""
 
-    Every field comes from an environment variable (see README); secrets (token, key) are
-    ``EnvVar`` so they never appear in the UI.
-    """
-
-    target: str
-    participants: str
+    target: str | None = None
+    participants: str = ""
     deadline_seconds: float = 10.0
     tls: bool = False
     tls_ca: str | None = None
@@ -81,6 +84,7 @@ class BridgeResource(dg.ConfigurableResource):
     tls_client_key: str | None = None
     tls_server_name: str | None = None
     bearer_token: str | None = None
+    allow_plaintext_token: bool = False
     max_clock_skew_seconds: int = 600
     extra_policies: str = ""
     max_concurrency: int = 16
@@ -90,15 +94,12 @@ class BridgeResource(dg.ConfigurableResource):
 
     def participant_list(self) -> list[str]:
         """Monitored ISPBs, in order, validated (8 digits each, no duplicates)."""
-        ispbs = [item.strip() for item in self.participants.replace(";", ",").split(",")]
-        ispbs = [item for item in ispbs if item]
+        try:
+            ispbs = parse_participants(self.participants)
+        except ValueError as error:
+            raise ValueError(f"DICT_RATELIMIT_PARTICIPANTS: {error}") from None
         if not ispbs:
             raise ValueError("DICT_RATELIMIT_PARTICIPANTS lists no participant")
-        bad = [item for item in ispbs if not ISPB_PATTERN.match(item)]
-        if bad:
-            raise ValueError(f"DICT_RATELIMIT_PARTICIPANTS: not 8-digit ISPBs: {bad}")
-        if len(set(ispbs)) != len(ispbs):
-            raise ValueError("DICT_RATELIMIT_PARTICIPANTS lists a participant twice")
         return ispbs
 
     def known_policies(self) -> frozenset[str]:
@@ -107,6 +108,8 @@ class BridgeResource(dg.ConfigurableResource):
         return KNOWN_POLICY_NAMES | extra
 
     def client(self) -> BridgeClient:
+        if not self.target:
+            raise ValueError("DICT_RATELIMIT_BRIDGE_TARGET is not set (host:port of the Bridge)")
         tls = None
         if self.tls or self.tls_ca or self.tls_client_cert:
             tls = TlsConfig(
@@ -119,51 +122,24 @@ class BridgeResource(dg.ConfigurableResource):
             self.target,
             tls=tls,
             bearer_token=self.bearer_token,
+            allow_plaintext_token=self.allow_plaintext_token,
             deadline_seconds=self.deadline_seconds,
         )
 
 
-def _optional_env(name: str) -> dg.EnvVar | None:
-    """``EnvVar(name)`` when the variable is set where the definitions load, else None."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
-def bridge_resource_from_env() -> BridgeResource:
-    """The Bridge resource as deployed: every value from ``DICT_RATELIMIT_BRIDGE_*`` variables."""
-    numeric = {
-        "deadline_seconds": ("DICT_RATELIMIT_BRIDGE_DEADLINE_SECONDS", float),
-        "max_clock_skew_seconds": ("DICT_RATELIMIT_MAX_CLOCK_SKEW_SECONDS", int),
-        "max_concurrency": ("DICT_RATELIMIT_BRIDGE_MAX_CONCURRENCY", int),
-        "request_stats_window_seconds": ("DICT_RATELIMIT_REQUEST_STATS_WINDOW_SECONDS", int),
-        "poll_jitter_seconds": ("DICT_RATELIMIT_POLL_JITTER_SECONDS", float),
-    }
-    values: dict[str, Any] = {
-        key: cast(os.environ[env]) for key, (env, cast) in numeric.items() if os.environ.get(env)
-    }
-    return BridgeResource(
-        target=dg.EnvVar("DICT_RATELIMIT_BRIDGE_TARGET"),
-        participants=dg.EnvVar("DICT_RATELIMIT_PARTICIPANTS"),
-        tls=os.environ.get("DICT_RATELIMIT_BRIDGE_TLS", "").lower() in ("1", "true", "yes"),
-        tls_ca=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CA"),
-        tls_client_cert=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CLIENT_CERT"),
-        tls_client_key=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_CLIENT_KEY"),
-        tls_server_name=_optional_env("DICT_RATELIMIT_BRIDGE_TLS_SERVER_NAME"),
-        bearer_token=_optional_env("DICT_RATELIMIT_BRIDGE_TOKEN"),
-        extra_policies=os.environ.get("DICT_RATELIMIT_EXTRA_POLICIES", ""),
-        **values,
-    )
-
-
 class ThresholdsResource(dg.ConfigurableResource):
     """Threshold configuration: defaults, overridden by the YAML file named in
-    ``DICT_RATELIMIT_THRESHOLDS_FILE`` (validated when a run starts, with clear errors)."""
+    ``DICT_RATELIMIT_THRESHOLDS_FILE`` (checked when the code location loads and again before
+    a run polls the Bridge)."""
 
     path: str | None = None
+    extra_policies: str = ""
 
     def config(self) -> ThresholdConfig:
+        extra = frozenset(name.strip() for name in self.extra_policies.split(",") if name.strip())
         if not self.path:
-            return parse_threshold_config(None, KNOWN_POLICY_NAMES)
-        return load_threshold_file(Path(self.path))
+            return parse_threshold_config(None, KNOWN_POLICY_NAMES | extra)
+        return load_threshold_file(Path(self.path), extra)
 
 
 class AlertRulesResource(dg.ConfigurableResource):
@@ -182,28 +158,20 @@ class AlertRulesResource(dg.ConfigurableResource):
         ).validate()
 
 
-def alert_rules_from_env() -> AlertRulesResource:
-    variables = {
-        "fire_after": ("DICT_RATELIMIT_ALERT_FIRE_AFTER", int),
-        "clear_after": ("DICT_RATELIMIT_ALERT_CLEAR_AFTER", int),
-        "stale_after_minutes": ("DICT_RATELIMIT_ALERT_STALE_AFTER_MINUTES", float),
-        "event_source": ("DICT_RATELIMIT_EVENT_SOURCE", str),
-    }
-    values = {
-        key: cast(os.environ[env]) for key, (env, cast) in variables.items() if os.environ.get(env)
-    }
-    return AlertRulesResource(**values)
-
-
 class PulsarResource(dg.ConfigurableResource):
     """Where alert events go (``DICT_RATELIMIT_PULSAR_*``); no URL = not configured, events
-    stay in the outbox. The token is an ``EnvVar``: never shown in the UI."""
+    stay in the outbox. The token and the client key are ``EnvVar``: never shown."""
 
     service_url: str = ""
     topic: str = DEFAULT_TOPIC
     producer_name: str = DEFAULT_PRODUCER_NAME
     timeout_seconds: float = 10.0
     auth_token: str | None = None
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_validate_hostname: bool = True
+    allow_plaintext_token: bool = False
     batch_limit: int = 500
     time_budget_seconds: float = 40.0  # well under Dagster's 60 s sensor limit
 
@@ -216,33 +184,96 @@ class PulsarResource(dg.ConfigurableResource):
             producer_name=self.producer_name,
             timeout_seconds=self.timeout_seconds,
             auth_token=self.auth_token or None,
-        )
+            tls_ca=self.tls_ca,
+            tls_client_cert=self.tls_client_cert,
+            tls_client_key=self.tls_client_key,
+            tls_validate_hostname=self.tls_validate_hostname,
+            allow_plaintext_token=self.allow_plaintext_token,
+        ).validate()
 
 
-def pulsar_from_env() -> PulsarResource:
-    values: dict[str, Any] = {}
-    for key, env, cast in (
-        ("topic", "DICT_RATELIMIT_PULSAR_TOPIC", str),
-        ("producer_name", "DICT_RATELIMIT_PULSAR_PRODUCER_NAME", str),
-        ("timeout_seconds", "DICT_RATELIMIT_PULSAR_TIMEOUT_SECONDS", float),
-        ("batch_limit", "DICT_RATELIMIT_PULSAR_BATCH_LIMIT", int),
-    ):
-        if os.environ.get(env):
-            values[key] = cast(os.environ[env])
-    return PulsarResource(
-        service_url=_optional_env("DICT_RATELIMIT_PULSAR_URL") or "",
-        auth_token=_optional_env("DICT_RATELIMIT_PULSAR_TOKEN"),
-        **values,
+def _secret(present: object, variable: str) -> Any:
+    """``EnvVar(variable)`` when the setting is present, else None (a secret is never copied
+    into the resource's config)."""
+    return dg.EnvVar(variable) if present else None
+
+
+def bridge_resource(
+    settings: Settings,
+    *,
+    retry_wait_seconds: float = 15.0,
+    deadline_cap_seconds: float | None = None,
+) -> BridgeResource:
+    deadline = settings.bridge_deadline_seconds
+    if deadline_cap_seconds is not None:
+        deadline = min(deadline, deadline_cap_seconds)
+    return BridgeResource(
+        target=settings.bridge_target,
+        participants=",".join(settings.participants),
+        deadline_seconds=deadline,
+        retry_wait_seconds=retry_wait_seconds,
+        tls=settings.bridge_tls,
+        tls_ca=settings.bridge_tls_ca,
+        tls_client_cert=settings.bridge_tls_client_cert,
+        tls_client_key=_secret(
+            settings.bridge_tls_client_key, "DICT_RATELIMIT_BRIDGE_TLS_CLIENT_KEY"
+        ),
+        tls_server_name=settings.bridge_tls_server_name,
+        bearer_token=_secret(settings.bridge_token, "DICT_RATELIMIT_BRIDGE_TOKEN"),
+        allow_plaintext_token=settings.bridge_allow_plaintext_token,
+        max_clock_skew_seconds=settings.max_clock_skew_seconds,
+        extra_policies=",".join(settings.extra_policies),
+        max_concurrency=settings.bridge_max_concurrency,
+        poll_jitter_seconds=settings.poll_jitter_seconds,
+        request_stats_window_seconds=settings.request_stats_window_seconds,
     )
 
 
-def default_resources() -> dict[str, object]:
-    """Resources of the deployed code location, all read from the environment at run time."""
+def thresholds_resource(settings: Settings) -> ThresholdsResource:
+    return ThresholdsResource(
+        path=str(settings.thresholds_file) if settings.thresholds_file else None,
+        extra_policies=",".join(settings.extra_policies),
+    )
+
+
+def alert_rules_resource(settings: Settings) -> AlertRulesResource:
+    return AlertRulesResource(
+        fire_after=settings.alert_fire_after,
+        clear_after=settings.alert_clear_after,
+        stale_after_minutes=settings.alert_stale_after_minutes,
+        event_source=settings.event_source,
+    )
+
+
+def pulsar_resource(settings: Settings) -> PulsarResource:
+    return PulsarResource(
+        service_url=settings.pulsar_url or "",
+        topic=settings.pulsar_topic,
+        producer_name=settings.pulsar_producer_name,
+        timeout_seconds=settings.pulsar_timeout_seconds,
+        auth_token=_secret(settings.pulsar_token, "DICT_RATELIMIT_PULSAR_TOKEN"),
+        tls_ca=settings.pulsar_tls_ca,
+        tls_client_cert=settings.pulsar_tls_client_cert,
+        tls_client_key=_secret(
+            settings.pulsar_tls_client_key, "DICT_RATELIMIT_PULSAR_TLS_CLIENT_KEY"
+        ),
+        tls_validate_hostname=settings.pulsar_tls_validate_hostname,
+        allow_plaintext_token=settings.pulsar_allow_plaintext_token,
+        batch_limit=settings.pulsar_batch_limit,
+    )
+
+
+def default_resources(settings: Settings | None = None) -> dict[str, object]:
+    """Resources of the deployed code location, from the validated settings."""
+    settings = settings or get_settings()
     return {
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "bridge": bridge_resource_from_env(),
-        "thresholds": ThresholdsResource(path=_optional_env("DICT_RATELIMIT_THRESHOLDS_FILE")),
-        "alert_rules": alert_rules_from_env(),
-        "pulsar": pulsar_from_env(),
+        "postgres": PostgresResource(
+            database_url=dg.EnvVar("DATABASE_URL"),
+            connect_timeout_seconds=settings.connect_timeout_seconds,
+        ),
+        "bridge": bridge_resource(settings),
+        "thresholds": thresholds_resource(settings),
+        "alert_rules": alert_rules_resource(settings),
+        "pulsar": pulsar_resource(settings),
         "clock": ClockResource(),
     }

@@ -18,7 +18,12 @@ import dagster as dg
 import sqlalchemy as sa
 
 from dict_ratelimit.bridge.poller import PollResult, poll_participants
-from dict_ratelimit.defs.resources import BridgeResource, ClockResource, PostgresResource
+from dict_ratelimit.defs.resources import (
+    BridgeResource,
+    ClockResource,
+    PostgresResource,
+    ThresholdsResource,
+)
 from dict_ratelimit.pipeline.store import (
     failures_by_class,
     record_failed_sweep,
@@ -77,7 +82,12 @@ def policy_snapshots(
     bridge: BridgeResource,
     postgres: PostgresResource,
     clock: ClockResource,
+    thresholds: ThresholdsResource,
 ) -> dg.MaterializeResult:
+    # Everything that can be wrong in the configuration fails here, before the Bridge is
+    # polled and before anything is stored (a bad thresholds file would otherwise fail the
+    # metrics step after the readings were taken).
+    thresholds.config()
     ispbs = bridge.participant_list()
     if bridge.poll_jitter_seconds > 0:
         # 300 s is a multiple of most refill periods: without jitter every sweep would see

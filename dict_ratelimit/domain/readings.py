@@ -35,7 +35,7 @@ class PolicyReading:
         return self.available_tokens / self.capacity
 
 
-ISPB_PATTERN = re.compile(r"^[0-9]{8}$")
+ISPB_PATTERN = re.compile(r"[0-9]{8}")  # always with fullmatch
 CATEGORY_PATTERN = re.compile(r"[A-Z]")  # always with fullmatch: "$" accepts a trailing "\n"
 POLICY_NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 #: How far DICT's ResponseTime may lie from our own clock before the reading is suspect.

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pulsar
 
@@ -34,13 +37,71 @@ class PublishOutcome:
     seconds: float = 0.0
 
 
+class PulsarConfigError(ValueError):
+    """A Pulsar setting that cannot work or would leak a secret; names the setting."""
+
+
 @dataclass(frozen=True)
 class PulsarTarget:
+    """Where and how to publish. TLS: a ``pulsar+ssl://`` URL, the CA that signed the broker
+    (``tls_ca``), and for mutual TLS a client certificate and key (file paths or PEM text)."""
+
     service_url: str
     topic: str = DEFAULT_TOPIC
     producer_name: str = DEFAULT_PRODUCER_NAME
     timeout_seconds: float = 10.0
     auth_token: str | None = None
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_validate_hostname: bool = True
+    allow_plaintext_token: bool = False
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.service_url.startswith("pulsar+ssl://")
+
+    def validate(self) -> PulsarTarget:
+        """Refuse what would fail late or send a secret in clear."""
+        if not self.service_url.startswith(("pulsar://", "pulsar+ssl://")):
+            raise PulsarConfigError(
+                "DICT_RATELIMIT_PULSAR_URL must start with pulsar:// or pulsar+ssl://"
+            )
+        if self.auth_token and not self.uses_tls and not self.allow_plaintext_token:
+            raise PulsarConfigError(
+                "DICT_RATELIMIT_PULSAR_TOKEN would travel in clear over pulsar://: use a "
+                "pulsar+ssl:// URL, or set DICT_RATELIMIT_PULSAR_ALLOW_PLAINTEXT_TOKEN=true"
+            )
+        if (self.tls_ca or self.tls_client_cert) and not self.uses_tls:
+            raise PulsarConfigError(
+                "DICT_RATELIMIT_PULSAR_TLS_* need a pulsar+ssl:// DICT_RATELIMIT_PULSAR_URL"
+            )
+        if bool(self.tls_client_cert) != bool(self.tls_client_key):
+            raise PulsarConfigError(
+                "mutual TLS needs both DICT_RATELIMIT_PULSAR_TLS_CLIENT_CERT and _TLS_CLIENT_KEY"
+            )
+        return self
+
+
+@contextlib.contextmanager
+def _pem_file(value: str | None) -> Iterator[str | None]:
+    """A file path for pulsar-client, which reads certificates from files only: the path as
+    given, or the PEM text written to a private (0600) temporary file for the call."""
+    if not value:
+        yield None
+        return
+    if not value.lstrip().startswith("-----BEGIN"):
+        if not Path(value).is_file():
+            raise PulsarConfigError(f"certificate or key file not found: {value}")
+        yield value
+        return
+    fd, name = tempfile.mkstemp(prefix="dict-ratelimit-pulsar-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+        yield name
+    finally:
+        os.unlink(name)
 
 
 def _properties(row: OutboxRow) -> dict[str, str]:
@@ -70,13 +131,43 @@ def publish(
     clock = clock or SystemClock()
     outcome = PublishOutcome()
     started = time.monotonic()
+    with contextlib.ExitStack() as files:
+        ca = files.enter_context(_pem_file(target.tls_ca))
+        cert = files.enter_context(_pem_file(target.tls_client_cert))
+        key = files.enter_context(_pem_file(target.tls_client_key))
+        _send(target, rows, outcome, deadline, log, clock, (ca, cert, key))
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _send(
+    target: PulsarTarget,
+    rows: Sequence[OutboxRow],
+    outcome: PublishOutcome,
+    deadline: float | None,
+    log: Callable[[str], None],
+    clock: Clock,
+    tls_files: tuple[str | None, str | None, str | None],
+) -> None:
+    """Send in order until the first failure (recorded in ``outcome``, never raised)."""
+    ca, cert, key = tls_files
     timeout_ms = int(target.timeout_seconds * 1000)
+    tls: dict[str, object] = {}
+    if target.uses_tls:
+        tls = {
+            "tls_trust_certs_file_path": ca,
+            "tls_validate_hostname": target.tls_validate_hostname,
+            "tls_allow_insecure_connection": False,
+            "tls_certificate_file_path": cert,
+            "tls_private_key_file_path": key,
+        }
     client = pulsar.Client(
         target.service_url,
         authentication=pulsar.AuthenticationToken(target.auth_token) if target.auth_token else None,
         operation_timeout_seconds=max(1, int(target.timeout_seconds)),
         connection_timeout_ms=timeout_ms,
         logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error),
+        **tls,
     )
     current: OutboxRow | None = rows[0] if rows else None  # blamed if no producer comes up
     try:
@@ -109,5 +200,3 @@ def publish(
         # closing a client whose broker vanished can fail; there is nothing left to keep
         with contextlib.suppress(Exception):
             client.close()
-        outcome.seconds = time.monotonic() - started
-    return outcome

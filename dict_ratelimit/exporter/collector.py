@@ -7,17 +7,21 @@ Names of the system we replace are kept (``dict_rate_limit_available_tokens``, .
 runbooks that query them keep working. A value that is unknown or "never" is *absent*, never 0:
 a 0 s exhaustion projection would page someone.
 
-When Postgres is unreachable the scrape still answers: ``dict_rate_limit_exporter_database_up``
-is 0 and the error counter grows, and the next scrape reconnects (pre-ping on the pool).
+The queries are grouped into collectors (``policies``, ``participants``, ``alerts``,
+``outbox``, ``monitor``), each run on its own and reported with
+``dict_rate_limit_exporter_collector_success{collector}`` and its duration (postgres_exporter's
+pattern): a query that fails blanks only its own families. When Postgres is unreachable the
+scrape still answers: ``dict_rate_limit_exporter_database_up`` is 0 and the error counter
+grows, and the next scrape reconnects (pre-ping on the pool).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,14 +45,37 @@ ERROR_CLASSES = sorted(
     | {"invalid_reading", "unexpected_error", "error"}
 )
 
+# The newest metric and level per policy of the participants heard from within a day of the
+# newest reading (one probe per policy, its bounds also given as constants so that the
+# planner prunes the months it does not need). A participant silent for longer keeps its
+# snapshot-age series and loses its bucket series: they would describe the past as present.
 _LATEST = """
-SELECT h.ispb, h.policy, coalesce(pa.category, '?') AS category, h.available_tokens,
-       h.capacity, h.remaining_ratio, h.refill_per_min, h.demand_per_min,
-       h.demand_lower_per_min, h.demand_upper_per_min, h.exhaustion_state, h.time_to_429_s,
-       h.recovery_state, h.recovery_to_clear_s, h.recovery_to_full_s, h.not_found_share,
-       h.level
-FROM dict_ratelimit.latest_policy_health AS h
-JOIN dict_ratelimit.participant AS pa USING (ispb)
+SELECT p.ispb, p.policy, coalesce(pa.category, '?') AS category, m.available_tokens,
+       m.capacity, m.remaining_ratio, m.refill_per_min, m.demand_per_min,
+       m.demand_lower_per_min, m.demand_upper_per_min, m.exhaustion_state, m.time_to_429_s,
+       m.recovery_state, m.recovery_to_clear_s, m.recovery_to_full_s, m.not_found_share,
+       e.level
+FROM dict_ratelimit.policy AS p
+JOIN dict_ratelimit.participant AS pa ON pa.ispb = p.ispb
+CROSS JOIN LATERAL (
+    SELECT * FROM dict_ratelimit.policy_metric AS pm
+    WHERE pm.ispb = p.ispb AND pm.policy = p.policy
+      AND pm.response_time <= pa.last_reading_at
+      AND pm.response_time >= pa.last_reading_at - interval '1 day'
+      AND pm.response_time >= %(low)s AND pm.response_time <= %(high)s
+    ORDER BY pm.response_time DESC LIMIT 1
+) AS m
+LEFT JOIN LATERAL (
+    SELECT te.level FROM dict_ratelimit.threshold_evaluation AS te
+    WHERE te.ispb = p.ispb AND te.policy = p.policy AND te.response_time = m.response_time
+      AND te.response_time >= %(low)s AND te.response_time <= %(high)s
+    LIMIT 1
+) AS e ON true
+WHERE pa.last_reading_at >= %(high)s - interval '1 day'
+"""
+
+_NEWEST_READING = """
+SELECT max(last_reading_at) FROM dict_ratelimit.participant
 """
 
 _OPEN_ALERTS = """
@@ -87,6 +114,11 @@ FROM dict_ratelimit.participant WHERE last_received_at IS NOT NULL
 """
 
 
+def _reason(error: BaseException) -> str:
+    """The first line of a database error (no URL, no password: psycopg2 never puts it in)."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -117,26 +149,58 @@ class DictRateLimitCollector(Collector):
     def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
-        self._lock = threading.Lock()  # one scrape at a time: a slow one must not pile up
         self._errors = 0
+        self.groups: dict[str, Callable[[Connection, _Families, float], None]] = {
+            "policies": self._policies,
+            "participants": self._participants,
+            "alerts": self._alerts,
+            "outbox": self._outbox,
+            "monitor": self._monitor,
+        }
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # unchecked collector: series depend on the data
 
     def collect(self) -> Iterator[Metric]:
+        """Every group's families, then the exporter's own (up, errors, per-collector success
+        and duration, scrape duration). Never raises for the database's sake."""
         started = time.perf_counter()
-        with self._lock:
-            try:
-                with self.engine.connect() as connection:
-                    families = self._read(connection)
+        now = self.clock.now().timestamp()
+        families: list[Metric] = []
+        outcome: dict[str, tuple[bool, float]] = {}
+        up = 0.0
+        try:
+            with self.engine.connect() as raw:
+                connection = raw.execution_options(isolation_level="AUTOCOMMIT")
                 up = 1.0
-            except sa.exc.SQLAlchemyError as error:
-                self._errors += 1
-                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-                log.error("scrape failed: database unavailable: %s", reason)
-                families = []
-                up = 0.0
+                for name, group in self.groups.items():
+                    group_started = time.perf_counter()
+                    f = _Families()
+                    try:
+                        group(connection, f, now)
+                        families.extend(f.all)
+                        ok = True
+                    except sa.exc.SQLAlchemyError as error:
+                        ok = False
+                        log.error("collector %s failed: %s", name, _reason(error))
+                        if isinstance(error, sa.exc.OperationalError):
+                            up = 0.0  # the connection itself broke: the rest would fail too
+                    outcome[name] = (ok, time.perf_counter() - group_started)
+                    if not up:
+                        break
+        except sa.exc.SQLAlchemyError as error:
+            log.error("scrape failed: database unavailable: %s", _reason(error))
+            up = 0.0
+        if not up or not all(ok for ok, _ in outcome.values()):
+            self._errors += 1
         yield from families
+        yield from self.own_families(up, outcome, time.perf_counter() - started)
+
+    def own_families(
+        self, up: float, outcome: dict[str, tuple[bool, float]], seconds: float
+    ) -> Iterator[Metric]:
+        """The exporter's health: also what a scrape answers when the database never replied
+        within the scrape's time budget (``up`` 0, every collector failed)."""
         database_up = GaugeMetricFamily(
             PREFIX + "exporter_database_up",
             "1 when the last scrape read the database, 0 when it could not",
@@ -144,18 +208,40 @@ class DictRateLimitCollector(Collector):
         database_up.add_metric([], up)
         yield database_up
         errors = CounterMetricFamily(
-            PREFIX + "exporter_scrape_errors", "Scrapes that could not read the database"
+            PREFIX + "exporter_scrape_errors",
+            "Scrapes that could not read the database or one of its collectors",
         )
         errors.add_metric([], self._errors)
         yield errors
+        success = GaugeMetricFamily(
+            PREFIX + "exporter_collector_success",
+            "1 when the collector's queries succeeded in the last scrape",
+            labels=["collector"],
+        )
         duration = GaugeMetricFamily(
+            PREFIX + "exporter_collector_duration_seconds",
+            "Time the collector's queries took in the last scrape",
+            labels=["collector"],
+        )
+        for name in self.groups:
+            ok, took = outcome.get(name, (False, 0.0))
+            success.add_metric([name], 1.0 if ok else 0.0)
+            duration.add_metric([name], took)
+        yield success
+        yield duration
+        scrape = GaugeMetricFamily(
             PREFIX + "exporter_scrape_duration_seconds", "Time spent reading the database"
         )
-        duration.add_metric([], time.perf_counter() - started)
-        yield duration
+        scrape.add_metric([], seconds)
+        yield scrape
 
-    def _read(self, connection: Connection) -> list[Metric]:
-        f = _Families()
+    def failed_scrape(self, seconds: float) -> list[Metric]:
+        """What a scrape answers when the collection did not finish in time."""
+        self._errors += 1
+        return list(self.own_families(0.0, {}, seconds))
+
+    def _policies(self, connection: Connection, f: _Families, now: float) -> None:
+        """The newest metrics and level of every policy, and the monitor's own budget."""
         labels = POLICY_LABELS
         available = f.gauge(
             "available_tokens", "Tokens left in the bucket (may be negative)", labels
@@ -213,13 +299,10 @@ class DictRateLimitCollector(Collector):
             "Share of the monitor's own POLICIES_LIST / POLICIES_READ bucket left",
             labels,
         )
-        snapshot_age = f.gauge(
-            "snapshot_age_seconds",
-            "Seconds since the newest reading of the participant reached the monitor",
-            ["ispb", "category"],
-        )
-        now = self.clock.now().timestamp()
-        for row in connection.execute(sa.text(_LATEST)):
+        newest = connection.exec_driver_sql(_NEWEST_READING).scalar()
+        bounds = {"low": newest - dt.timedelta(days=2), "high": newest} if newest else None
+        rows = connection.exec_driver_sql(_LATEST, bounds).fetchall() if bounds else []
+        for row in rows:
             values = [row.ispb, row.policy, row.category]
             available.add_metric(values, row.available_tokens)
             capacity.add_metric(values, row.capacity)
@@ -249,11 +332,16 @@ class DictRateLimitCollector(Collector):
             if row.policy in MONITOR_BUDGET_POLICIES:
                 budget.add_metric(values, row.available_tokens)
                 budget_ratio.add_metric(values, row.remaining_ratio)
+
+    def _participants(self, connection: Connection, f: _Families, now: float) -> None:
+        """How long ago each participant's newest reading reached us (our clock)."""
+        snapshot_age = f.gauge(
+            "snapshot_age_seconds",
+            "Seconds since the newest reading of the participant reached the monitor",
+            ["ispb", "category"],
+        )
         for row in connection.execute(sa.text(_PARTICIPANT_FRESHNESS)):
             snapshot_age.add_metric([row.ispb, row.category], max(0.0, now - float(row.received)))
-        self._alerts(connection, f, now)
-        self._monitor(connection, f, now)
-        return f.all
 
     def _alerts(self, connection: Connection, f: _Families, now: float) -> None:
         open_alert = f.gauge(
@@ -280,6 +368,9 @@ class DictRateLimitCollector(Collector):
         for row in connection.execute(sa.text(_ALERT_TOTALS)):
             created.add_metric([row.ispb], row.created)
             resolved.add_metric([row.ispb], row.resolved)
+
+    def _outbox(self, connection: Connection, f: _Families, now: float) -> None:
+        """Alert events waiting for Pulsar."""
         outbox = connection.execute(sa.text(_OUTBOX)).one()
         waiting = f.gauge(
             "alert_events_unpublished", "Alert events waiting in the outbox for Pulsar", []

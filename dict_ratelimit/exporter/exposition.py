@@ -11,9 +11,8 @@ so only label values and help texts need escaping.
 
 from __future__ import annotations
 
-import gzip
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 
 from prometheus_client.core import Metric
 
@@ -49,22 +48,3 @@ def render(families: Iterable[Metric]) -> bytes:
             else:
                 append(f"{sample.name} {_number(sample.value)}\n")
     return "".join(lines).encode()
-
-
-def metrics_app(collect: Callable[[], Iterator[Metric]]) -> Callable:
-    """A WSGI app answering ``/metrics`` (gzip when asked: 3 MB become ~0.2 MB)."""
-
-    def app(environ: dict, start_response: Callable) -> list[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found: try /metrics\n"]
-        body = render(collect())
-        headers = [("Content-Type", CONTENT_TYPE)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
-        start_response("200 OK", headers)
-        return [body]
-
-    return app

@@ -102,7 +102,7 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
         return malformed
 
     def _call(self, participant: str, context: grpc.ServicerContext, fetch) -> Listing:  # type: ignore[no-untyped-def]
-        if not ISPB_PATTERN.match(participant):
+        if not ISPB_PATTERN.fullmatch(participant):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid ISPB {participant!r}")
         malformed = self._apply_faults(participant, context)
         try:

@@ -14,8 +14,16 @@ folder of the data directory (``/root`` included). Instead:
   as after a reboot recycles the pid) is removed before starting.
 * An already running server of the same data folder is reused, and only the process that
   started a server stops it.
+* It keeps its port across restarts (``data_dir/port``), so that every client configured
+  with it reconnects after a crash and a restart.
 
-Authentication is ``trust`` on loopback: this server is for development, demos and tests.
+Nobody gets in without a password: ``pg_hba.conf`` allows SCRAM-SHA-256 password logins on
+loopback only (no ``trust``, no Unix socket). The superuser's password is generated at
+``initdb`` and kept in ``data_dir/superuser.secret`` (0600, in a 0700 folder); it is used only
+to create the application role and databases. The application connects as
+``dict_ratelimit_app``, a non-superuser that owns its databases but cannot run server programs
+(``COPY … TO PROGRAM``) nor read or write server files (its password: ``app.secret``, 0600).
+A data folder made by an earlier version with ``trust`` is converted on its next start.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -35,10 +44,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
+from psycopg2 import sql
+
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
+#: Not "dict_ratelimit": a role named like the schema would put that schema first on its
+#: search_path ("$user"), and yoyo would look for its bookkeeping tables there.
+APPLICATION_ROLE = "dict_ratelimit_app"
 START_TIMEOUT_SECONDS = 60
+PG_HBA = """\
+# dict-ratelimit embedded server: SCRAM password logins over loopback TCP, nothing else.
+# (No Unix socket is opened; there is deliberately no "trust" line.)
+host    all     all     127.0.0.1/32    scram-sha-256
+host    all     all     ::1/128         scram-sha-256
+"""
 STOP_TIMEOUT_SECONDS = 30
 
 
@@ -94,6 +115,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether PostgreSQL could listen on ``port``: bound like it binds (SO_REUSEADDR), so
+    connections of a killed server still in TIME_WAIT do not count as taking it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def read_secret(path: Path) -> str | None:
+    """The secret in ``path``; its permissions are narrowed to 0600 if something widened them."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o): narrowed to 0600", path, mode)
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_secret(path: Path) -> str:
+    """A new random secret written to ``path`` with mode 0600 (never readable by others)."""
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     """A running embedded server: where to reach it and whether this process started it."""
@@ -102,10 +156,15 @@ class ServerInfo:
     host: str
     port: int
     started_here: bool
+    superuser_password: str = ""
 
     def url(self, database: str = "postgres") -> str:
-        """SQLAlchemy URL (psycopg2 driver) of ``database`` on this server."""
-        return f"postgresql+psycopg2://{SUPERUSER}@{self.host}:{self.port}/{database}"
+        """SQLAlchemy URL (psycopg2 driver) of ``database`` as the superuser, password included:
+        for administration only (creating the application role and databases)."""
+        return (
+            f"postgresql+psycopg2://{SUPERUSER}:{self.superuser_password}"
+            f"@{self.host}:{self.port}/{database}"
+        )
 
 
 def _process_cmdline(pid: int) -> list[str] | None:
@@ -127,6 +186,9 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.logfile = self.data_dir / "postgres.log"
+        self.superuser_secret = self.data_dir / "superuser.secret"
+        self.application_secret = self.data_dir / "app.secret"
+        self.port_file = self.data_dir / "port"
         self.fast_unsafe = fast_unsafe
         self._info: ServerInfo | None = None
 
@@ -134,18 +196,79 @@ class EmbeddedPostgres:
 
     def ensure_running(self) -> ServerInfo:
         """Start the server, or attach to the one already serving this data folder."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # secrets live here
         with self._lock():
             running = self.running_server()
             if running is not None:
                 log.info("embedded postgres already running: pid=%s port=%s", *running[:2])
-                self._info = ServerInfo(running[0], "127.0.0.1", running[1], started_here=False)
+                self._info = ServerInfo(
+                    running[0], "127.0.0.1", running[1], started_here=False,
+                    superuser_password=self._superuser_password(),
+                )  # fmt: skip
                 return self._info
             self._remove_stale_pidfile()
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
-            self._info = self._start()
+            elif read_secret(self.superuser_secret) is None:
+                self._secure_legacy_cluster()
+            (self.pgdata / "pg_hba.conf").write_text(PG_HBA)
+            self._info = self._start_after_a_crash()
             return self._info
+
+    def _start_after_a_crash(self, attempts: int = 10) -> ServerInfo:
+        """Start; after a ``kill -9`` of the postmaster its backends take a moment to notice
+        and release the shared memory, so a start refused for that is tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start()
+            except EmbeddedPostgresError as error:
+                if "shared memory block" not in str(error) or attempt == attempts:
+                    raise
+                log.warning("the crashed server's backends still hold its memory; retrying")
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def application_role(self, role: str = APPLICATION_ROLE) -> str:
+        """Create (or refresh) the application role; returns its password (``app.secret``)."""
+        info = self._info or self.ensure_running()
+        password = read_secret(self.application_secret) or create_secret(self.application_secret)
+        with self._admin(info, "postgres") as cursor:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cursor.fetchone() else "CREATE"
+            # no SUPERUSER, CREATEROLE, CREATEDB, REPLICATION, BYPASSRLS, and no membership of
+            # pg_execute_server_program / pg_read_server_files / pg_write_server_files
+            cursor.execute(
+                sql.SQL(
+                    "{} ROLE {} LOGIN PASSWORD %s NOSUPERUSER NOCREATEROLE NOCREATEDB "
+                    "NOREPLICATION NOBYPASSRLS"
+                ).format(sql.SQL(verb), sql.Identifier(role)),
+                (password,),
+            )
+        return password
+
+    def application_url(self, database: str, role: str = APPLICATION_ROLE) -> str:
+        """URL of ``database`` as the application role (the role created, and made owner of
+        the database, on first use). The server must run."""
+        password = self.application_role(role)
+        info = self._info or self.ensure_running()
+        with self._admin(info, "postgres") as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cursor.fetchone() is None:
+                cursor.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+            else:
+                cursor.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(database), sql.Identifier(role)
+                    )
+                )
+        with self._admin(info, database) as cursor:
+            _adopt_objects(cursor, role)
+        return f"postgresql+psycopg2://{role}:{password}@{info.host}:{info.port}/{database}"
 
     def stop(self) -> bool:
         """Stop the server if this object started it; True when it was stopped here."""
@@ -242,13 +365,16 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"{self.pgdata} is not empty but has no PG_VERSION; move it away and retry"
             )
+        self.superuser_secret.unlink(missing_ok=True)
+        create_secret(self.superuser_secret)
         args = [
             str(binaries_dir() / "initdb"),
             "-D",
             str(self.pgdata),
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={self.superuser_secret}",
             "--encoding=UTF8",
             "--locale=C",
         ]
@@ -257,7 +383,7 @@ class EmbeddedPostgres:
         self._run(args, timeout=120)
 
     def _start(self) -> ServerInfo:
-        port = free_port()
+        port = self._port()
         settings = [
             "-c",
             "listen_addresses=127.0.0.1",
@@ -269,6 +395,8 @@ class EmbeddedPostgres:
             "timezone=UTC",
             "-c",
             "max_connections=200",
+            "-c",
+            "password_encryption=scram-sha-256",
         ]
         if self.fast_unsafe:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
@@ -298,7 +426,78 @@ class EmbeddedPostgres:
                 f"pg_ctl reported success but no server runs on {self.pgdata}\n{self._log_tail()}"
             )
         log.info("embedded postgres started: pid=%s port=%s", running[0], running[1])
-        return ServerInfo(running[0], "127.0.0.1", running[1], started_here=True)
+        return ServerInfo(
+            running[0], "127.0.0.1", running[1], started_here=True,
+            superuser_password=self._superuser_password(),
+        )  # fmt: skip
+
+    def _port(self) -> int:
+        """The port of the previous start when it is free (clients keep working after a
+        restart), else a new free one, remembered for the next start."""
+        try:
+            remembered = int(self.port_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            remembered = 0
+        if remembered and port_is_free(remembered):
+            return remembered
+        if remembered:
+            log.warning("port %s of the previous start is taken: using another", remembered)
+        port = free_port()
+        self.port_file.write_text(f"{port}\n")
+        return port
+
+    def _superuser_password(self) -> str:
+        password = read_secret(self.superuser_secret)
+        if password is None:
+            raise EmbeddedPostgresError(
+                f"{self.superuser_secret} is missing: the superuser's password of this data "
+                "folder is unknown (stop the server and start it again to reset it)"
+            )
+        return password
+
+    def _secure_legacy_cluster(self) -> None:
+        """A data folder initialised with ``trust`` by an earlier version: give the superuser
+        a password (single-user mode, before anything listens), then pg_hba.conf is
+        rewritten by the caller."""
+        log.warning("securing %s: password authentication replaces trust", self.pgdata)
+        password = create_secret(self.superuser_secret)
+        command = [
+            *privilege_prefix(),
+            str(binaries_dir() / "postgres"),
+            "--single",
+            "-D",
+            str(self.pgdata),
+            "postgres",
+        ]
+        result = subprocess.run(
+            command,
+            input=f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            self.superuser_secret.unlink(missing_ok=True)
+            raise EmbeddedPostgresError(
+                f"could not set the superuser's password: {result.stderr.strip()[-2000:]}"
+            )
+
+    @contextlib.contextmanager
+    def _admin(self, info: ServerInfo, database: str) -> Iterator[psycopg2.extensions.cursor]:
+        connection = psycopg2.connect(
+            host=info.host,
+            port=info.port,
+            user=SUPERUSER,
+            password=info.superuser_password,
+            dbname=database,
+            connect_timeout=10,
+        )
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                yield cursor
+        finally:
+            connection.close()
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -316,3 +515,43 @@ class EmbeddedPostgres:
                 os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
             time.sleep(0.05)
         return not _process_cmdline(pid)
+
+
+_BOOTSTRAP_SUPERUSER = 10  # the oid of the role initdb creates
+_KINDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}
+_USER_NAMESPACES = "n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema'"
+
+
+def _adopt_objects(cursor: psycopg2.extensions.cursor, role: str) -> None:
+    """Give ``role`` the schemas, tables, views, sequences and functions the superuser owns in
+    this database: a data folder from the days the application connected as superuser."""
+    owner = sql.Identifier(role)
+    cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n "
+        f"WHERE n.nspowner = %s AND {_USER_NAMESPACES} AND n.nspname <> 'public'",
+        (_BOOTSTRAP_SUPERUSER,),
+    )
+    for (schema,) in cursor.fetchall():
+        cursor.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), owner))
+    # tables first: their serial sequences move with them and cannot be moved alone
+    for kinds in (("r", "p", "v", "m"), ("S",)):
+        cursor.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relowner = %s AND c.relkind = ANY(%s) AND {_USER_NAMESPACES}",
+            (_BOOTSTRAP_SUPERUSER, list(kinds)),
+        )
+        for schema, name, kind in cursor.fetchall():
+            cursor.execute(
+                sql.SQL("ALTER {} {}.{} OWNER TO {}").format(
+                    sql.SQL(_KINDS[kind]), sql.Identifier(schema), sql.Identifier(name), owner
+                )
+            )
+    cursor.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        f"WHERE p.proowner = %s AND {_USER_NAMESPACES}",
+        (_BOOTSTRAP_SUPERUSER,),
+    )
+    for (signature,) in cursor.fetchall():
+        cursor.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(signature), owner))

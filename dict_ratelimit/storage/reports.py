@@ -14,7 +14,8 @@ def latest_readings(engine: Engine, ispbs: Sequence[str]) -> Sequence[sa.Row]:
         return connection.execute(
             sa.text(
                 "SELECT ispb, policy, category, available_tokens, capacity, remaining_ratio, "
-                "refill_per_minute, response_time FROM dict_ratelimit.latest_policy_state "
+                "refill_per_minute, response_time, polled_at "
+                "FROM dict_ratelimit.latest_policy_state "
                 "WHERE ispb = ANY(:ispbs) ORDER BY remaining_ratio, ispb, policy"
             ),
             {"ispbs": list(ispbs)},

@@ -24,15 +24,26 @@ def application_database(settings: Settings) -> tuple[URL, EmbeddedPostgres | No
     """URL of the application database and, when embedded, the server handle.
 
     With ``DATABASE_URL`` set, nothing is started. Without it, the embedded server in the data
-    folder is started (or reused when already running) and its ``dict_ratelimit`` database is
-    created on first use. Only the caller that started the server should stop it
+    folder is started (or reused when already running) and its ``dict_ratelimit`` database and
+    application role are created on first use: the URL is the application role's (never the
+    superuser's). Only the caller that started the server should stop it
     (``EmbeddedPostgres.stop`` does nothing otherwise).
     """
     if settings.database_url:
         return normalize_url(settings.database_url), None
     server = embedded_server(settings)
-    info = server.ensure_running()
-    url = with_database(info.url(), EMBEDDED_DATABASE)
+    server.ensure_running()
+    return normalize_url(server.application_url(EMBEDDED_DATABASE)), server
+
+
+def instance_database(
+    settings: Settings, application_url: URL, server: EmbeddedPostgres | None
+) -> URL:
+    """URL of Dagster's own instance database on the same server, created if missing (owned by
+    the application role on the embedded server)."""
+    if server is not None:
+        return normalize_url(server.application_url(settings.dagster_db_name))
+    url = with_database(application_url, settings.dagster_db_name)
     if ensure_database(url, connect_timeout=settings.connect_timeout_seconds):
-        log.info("created database %s on the embedded server", EMBEDDED_DATABASE)
-    return url, server
+        log.info("created database %s", settings.dagster_db_name)
+    return url

@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dict_ratelimit.domain.readings import BucketShape, PolicyReading
@@ -147,25 +146,55 @@ class PreviousReadings:
     last_sweep: dict[tuple[str, str], BucketShape]  # only the participant's newest reading
 
 
+_PREVIOUS_READINGS = """
+SELECT p.ispb, p.policy, s.response_time, s.capacity, s.refill_tokens, s.refill_period_sec,
+       (s.response_time = pa.last_listing_at) AS in_last_listing
+FROM dict_ratelimit.policy AS p
+JOIN dict_ratelimit.participant AS pa ON pa.ispb = p.ispb
+CROSS JOIN LATERAL (
+    SELECT x.response_time, x.capacity, x.refill_tokens, x.refill_period_sec
+    FROM dict_ratelimit.policy_snapshot AS x
+    WHERE x.ispb = p.ispb AND x.policy = p.policy
+      AND x.response_time <= pa.last_reading_at
+      AND x.response_time >= pa.last_reading_at - interval '1 day'
+      -- the same bounds as constants: pruned when planned, not only while running
+      AND x.response_time >= %(low)s AND x.response_time <= %(high)s
+    ORDER BY x.response_time DESC LIMIT 1
+) AS s
+WHERE p.ispb = ANY(%(ispbs)s)
+"""
+
+
+def reading_bounds(
+    connection: Connection, ispbs: Sequence[str] | None = None
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """(a day before the oldest, the newest) of the participants' newest readings: constant
+    bounds within which every policy's newest reading lies. None when none was read yet."""
+    where = "WHERE ispb = ANY(%(ispbs)s)" if ispbs is not None else ""
+    low, high = connection.exec_driver_sql(
+        "SELECT min(last_reading_at), max(last_reading_at) "
+        f"FROM dict_ratelimit.participant {where}",
+        {"ispbs": list(ispbs or ())},
+    ).one()
+    if low is None:
+        return None
+    return low - dt.timedelta(days=1), high
+
+
 def previous_readings(connection: Connection, ispbs: Sequence[str]) -> PreviousReadings:
     """Latest shape per (ispb, policy) of these participants, and which policies their newest
-    full listing had: the bounded latest-state view plus the participant's last listing."""
-    rows = connection.execute(
-        sa.text(
-            "SELECT s.ispb, s.policy, s.response_time, s.capacity, s.refill_tokens, "
-            "s.refill_period_sec, (s.response_time = pa.last_listing_at) AS in_last_listing "
-            "FROM dict_ratelimit.latest_policy_state AS s "
-            "JOIN dict_ratelimit.participant AS pa USING (ispb) WHERE s.ispb = ANY(:ispbs)"
-        ),
-        {"ispbs": list(ispbs)},
-    ).all()
+    full listing had: one probe per policy in the day before the participant's newest reading."""
+    bounds = reading_bounds(connection, ispbs)
+    if bounds is None:
+        return PreviousReadings(shapes={}, last_sweep={})
+    rows = connection.exec_driver_sql(
+        _PREVIOUS_READINGS, {"ispbs": list(ispbs), "low": bounds[0], "high": bounds[1]}
+    ).fetchall()
     shapes = {
         (row.ispb, row.policy): BucketShape(row.capacity, row.refill_tokens, row.refill_period_sec)
         for row in rows
     }
     last_sweep = {
-        (row.ispb, row.policy): shapes[(row.ispb, row.policy)]
-        for row in rows
-        if row.in_last_listing
+        key: shapes[key] for key, row in zip(shapes, rows, strict=True) if row.in_last_listing
     }
     return PreviousReadings(shapes=shapes, last_sweep=last_sweep)
