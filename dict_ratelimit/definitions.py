@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
-from dict_ratelimit.defs.events import publish_alert_events
+from dict_ratelimit.defs.events import PULSAR_ALERT_EVENTS, publish_alert_events
 from dict_ratelimit.defs.metrics import derive_metrics_and_levels
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
 from dict_ratelimit.defs.resources import default_resources
@@ -25,7 +25,13 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
     settings = get_settings()
     resources = {**default_resources(settings), **(resources or {})}
     return dg.Definitions(
-        assets=[DICT_BRIDGE, policy_snapshots, derive_metrics_and_levels, alerts],
+        assets=[
+            DICT_BRIDGE,
+            policy_snapshots,
+            derive_metrics_and_levels,
+            alerts,
+            PULSAR_ALERT_EVENTS,
+        ],
         jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
         schedules=[
             monitor_schedule(settings.monitor_cron),

@@ -3,9 +3,13 @@
 Starts (or reuses) the embedded PostgreSQL unless ``DATABASE_URL`` is set, migrates, prepares a
 ``DAGSTER_HOME`` whose instance lives in the same PostgreSQL server, starts the DICT simulator
 (unless ``DICT_RATELIMIT_BRIDGE_TARGET`` names a real Bridge), then runs ``dagster dev``
-(webserver + daemon, schedules on). Every child runs in its own process group. On Ctrl-C or
-SIGTERM it stops them in reverse order, then the PostgreSQL server if (and only if) it
-started it.
+(webserver + daemon, schedules on). Every child runs in its own process group.
+
+While it runs, it watches the embedded server it started: if the server dies (a crash, a
+``kill -9``), it is started again on the same port and every process reconnects. On Ctrl-C or
+SIGTERM it cancels the runs in progress (they read CANCELED), stops the children in reverse
+order and anything they left behind (``dev_processes``), then the PostgreSQL server if (and
+only if) it started it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from dict_ratelimit.dev_processes import (
+    SESSION_VARIABLE,
+    cancel_active_runs,
+    new_session,
+    stop_process_group,
+    stop_session_stragglers,
+)
 from dict_ratelimit.settings import Settings, project_root
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import free_port
@@ -31,8 +42,6 @@ from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit.storage.server import application_database, instance_database
 
 log = logging.getLogger(__name__)
-
-STOP_GRACE_SECONDS = 20
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
@@ -96,7 +105,7 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> tuple[subprocess
     process = subprocess.Popen(command, env=env, start_new_session=True)
     target = f"127.0.0.1:{port}"
     if not wait_for_grpc_health(target, process, timeout=30):
-        _stop_process_group(process)
+        stop_process_group(process)
         raise RuntimeError(f"the simulator did not become healthy on {target}")
     return process, target
 
@@ -142,7 +151,7 @@ def start_embedded_pulsar(settings: Settings) -> tuple[subprocess.Popen, str] | 
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.25):
             return process, f"pulsar://127.0.0.1:{port}"
         time.sleep(0.1)
-    _stop_process_group(process)
+    stop_process_group(process)
     raise RuntimeError(f"pulsar-lite did not listen on 127.0.0.1:{port} within 15 s")
 
 
@@ -154,7 +163,7 @@ def start_exporter_process(settings: Settings, env: dict[str, str]) -> tuple[sub
                "--host", settings.exporter_host, "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, env=env, start_new_session=True)
     if wait_until_ready(url, process, timeout=30) is None:
-        _stop_process_group(process)
+        stop_process_group(process)
         raise RuntimeError(f"the exporter did not answer on {url} (port taken? set "
                            "DICT_RATELIMIT_EXPORTER_PORT)")  # fmt: skip
     return process, url
@@ -165,6 +174,9 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
     t0 = time.monotonic()
     url, server = application_database(settings)
     children: list[subprocess.Popen] = []
+    session = new_session()
+    home: Path | None = None
+    dagster_env: dict[str, str] = {}
     try:
         engine = create_db_engine(url, connect_timeout=settings.connect_timeout_seconds)
         applied, changes = migrate(url, settings.migrations_dir, engine)
@@ -176,7 +188,8 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         )
         home = prepare_dagster_home(settings)
         instance_url = instance_database(settings, url, server)
-        env = {**os.environ, **dagster_environment(url, instance_url, home)}
+        dagster_env = dagster_environment(url, instance_url, home)
+        env = {**os.environ, **dagster_env, SESSION_VARIABLE: session}
         if settings.bridge_target:
             print(f"Bridge: {settings.bridge_target} (DICT_RATELIMIT_BRIDGE_TARGET)", flush=True)
         else:
@@ -247,27 +260,24 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
                 )
             while not stop_requested and all(child.poll() is None for child in children):
                 time.sleep(0.2)
+                if server is not None and server.started_here and server.running_server() is None:
+                    print("embedded PostgreSQL stopped unexpectedly: starting it again", flush=True)
+                    info = server.restart()
+                    print(f"embedded PostgreSQL back on port {info.port}", flush=True)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return dagster.returncode or 0
     finally:
+        if home is not None and dagster_env and children:
+            try:
+                cancelled = cancel_active_runs(home, dagster_env)
+                if cancelled:
+                    print(f"cancelled {len(cancelled)} run(s) in progress", flush=True)
+            except Exception as error:  # the instance may be unreachable: stop anyway
+                log.warning("could not cancel the runs in progress: %s", error)
         for child in reversed(children):
-            _stop_process_group(child)
+            stop_process_group(child)
+        stop_session_stragglers(session)
         if server is not None and server.stop():
             print("embedded PostgreSQL stopped", flush=True)
-
-
-def _stop_process_group(process: subprocess.Popen) -> None:
-    """SIGINT to a child's process group (Dagster shuts its own children down), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        log.warning("dagster dev did not stop within %ss; killing it", STOP_GRACE_SECONDS)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass

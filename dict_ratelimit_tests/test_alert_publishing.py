@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 
 import dagster as dg
@@ -13,7 +14,8 @@ from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.defs.events import PublishFailed, publish_alert_events
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource, PulsarResource
-from dict_ratelimit.events.publisher import DEFAULT_TOPIC
+from dict_ratelimit.events.publisher import DEFAULT_TOPIC, PulsarConfigError
+from dict_ratelimit_tests.certs import issue, make_ca
 from dict_ratelimit_tests.outbox_fixtures import write_episodes
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
@@ -75,7 +77,11 @@ def test_events_arrive_once_in_order_with_key_properties_and_sequence(
 ) -> None:
     written = write_episodes(engine, IDENTITIES)
     result = evaluate(db_url, pulsar_broker.url)
-    assert f"published {written} event(s)" in result.skip_reason.skip_message
+    assert result.skip_reason is None  # a tick that published is a success, not a skip
+    [event] = result.asset_events
+    assert event.asset_key == dg.AssetKey("pulsar_alert_events")
+    assert event.metadata["published"].value == written
+    assert f"published {written} event(s)" in (event.description or "")
     rows = outbox(engine)
     assert all(row.published_at is not None and row.attempts == 1 for row in rows)
     assert result.cursor == str(rows[-1].id)
@@ -191,3 +197,83 @@ def test_a_receipt_slower_than_the_timeout_keeps_the_row_and_it_goes_out_once_la
     ids = [json.loads(m.data())["id"] for m in messages]
     # the first event reached the broker in the slow attempt too; deduplication kept one copy
     assert ids == [row.event_id for row in rows]
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, object]:
+    ca, ca_cert, ca_key = make_ca("test pulsar CA")
+    other, _, _ = make_ca("another CA")
+    return {
+        "ca": ca,
+        "other": other,
+        "broker": issue(ca_cert, ca_key, "localhost", server=True),
+        "client": issue(ca_cert, ca_key, "dict-ratelimit", server=False),
+    }
+
+
+@pytest.fixture
+def tls_broker(pki: dict, tmp_path) -> Iterator[PulsarTestBroker]:  # type: ignore[no-untyped-def]
+    """A broker that only speaks TLS and asks for the client's certificate (mutual TLS)."""
+    (tmp_path / "broker.pem").write_bytes(pki["broker"].cert)
+    (tmp_path / "broker.key").write_bytes(pki["broker"].key)
+    (tmp_path / "ca.pem").write_bytes(pki["ca"].cert)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tmp_path / "ca.pem")
+    context.load_cert_chain(tmp_path / "broker.pem", tmp_path / "broker.key")
+    context.verify_mode = ssl.CERT_REQUIRED
+    with PulsarTestBroker(deduplication=True, tls=context) as broker:
+        yield broker
+
+
+def _tls_evaluate(db_url: URL, broker: PulsarTestBroker, **tls: object) -> dg.SensorResult:
+    with dg.build_sensor_context(
+        resources={
+            "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
+            "pulsar": PulsarResource(service_url=broker.url, timeout_seconds=3, **tls),
+            "clock": ClockResource(),
+        },
+    ) as context:
+        return publish_alert_events(context)
+
+
+def test_events_go_out_over_mutual_tls_with_the_right_ca_and_certificate(
+    db_url: URL, engine: Engine, tls_broker: PulsarTestBroker, pki: dict
+) -> None:
+    written = write_episodes(engine, IDENTITIES)
+    assert tls_broker.url.startswith("pulsar+ssl://")
+    result = _tls_evaluate(
+        db_url,
+        tls_broker,
+        tls_ca=pki["ca"].cert.decode(),  # PEM text: written to a private temporary file
+        tls_client_cert=pki["client"].cert.decode(),
+        tls_client_key=pki["client"].key.decode(),
+    )
+    assert result.asset_events[0].metadata["published"].value == written
+    assert len(tls_broker.messages(DEFAULT_TOPIC)) == written
+
+
+@pytest.mark.parametrize("mistake", ["unknown CA", "no client certificate"])
+def test_a_broker_we_cannot_trust_or_that_refuses_us_gets_nothing(
+    db_url: URL, engine: Engine, tls_broker: PulsarTestBroker, pki: dict, mistake: str
+) -> None:
+    written = write_episodes(engine, IDENTITIES)
+    tls: dict[str, object] = {"tls_ca": pki["ca"].cert.decode()}
+    if mistake == "unknown CA":
+        tls = {
+            "tls_ca": pki["other"].cert.decode(),
+            "tls_client_cert": pki["client"].cert.decode(),
+            "tls_client_key": pki["client"].key.decode(),
+        }
+    with pytest.raises(PublishFailed, match=rf"published 0 of {written}"):
+        _tls_evaluate(db_url, tls_broker, **tls)
+    assert tls_broker.messages(DEFAULT_TOPIC) == []
+    assert all(row.published_at is None for row in outbox(engine))
+
+
+def test_a_token_is_not_sent_over_plain_pulsar() -> None:
+    target = PulsarResource(service_url="pulsar://127.0.0.1:6650", auth_token="t0k3n")
+    with pytest.raises(PulsarConfigError, match="PULSAR_TOKEN would travel in clear"):
+        target.target()
+    allowed = PulsarResource(
+        service_url="pulsar://127.0.0.1:6650", auth_token="t0k3n", allow_plaintext_token=True
+    )
+    assert allowed.target() is not None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
@@ -128,3 +134,59 @@ def test_events_tail_prints_published_events_and_with_all_the_waiting_ones(
     assert len(documents) == written
     assert documents[-1]["type"].endswith("alert.resolved")
     get_settings.cache_clear()
+
+
+def _stored_texts(home: Path) -> Iterator[tuple[str, str]]:
+    """Every value Dagster stored under ``home``: files as they are, and every cell of its
+    SQLite databases, zlib-compressed ones (job snapshots) decompressed."""
+    for path in home.rglob("*"):
+        if not path.is_file():
+            continue
+        raw = path.read_bytes()
+        yield str(path), raw.decode(errors="replace")
+        if not raw.startswith(b"SQLite format 3"):
+            continue
+        with sqlite3.connect(path) as database:
+            tables = [
+                r[0] for r in database.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            for table in tables:
+                for row in database.execute(f'SELECT * FROM "{table}"'):
+                    for cell in row:
+                        if isinstance(cell, bytes):
+                            with contextlib.suppress(zlib.error):
+                                cell = zlib.decompress(cell)
+                            cell = cell.decode(errors="replace")
+                        yield f"{path.name}:{table}", str(cell)
+
+
+def test_no_password_reaches_the_dagster_storage(  # type: ignore[no-untyped-def]
+    tick_env, db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a `tick` and a run as the schedule starts it, the database password (the
+    application role's, a random 43-character secret) is nowhere in run storage, event logs,
+    job snapshots or compute logs."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert CliRunner().invoke(main, ["tick"]).exit_code == 0
+
+    from dict_ratelimit.definitions import build_definitions
+    from dict_ratelimit.defs.metrics import tick_partition
+    from dict_ratelimit.defs.monitor import TICK_TAGS
+
+    get_settings.cache_clear()
+    job = build_definitions().resolve_job_def("monitor_job")  # the code location's own
+    now = tick_env.clock.now()
+    with dg.DagsterInstance.get() as instance, dg.partition_loading_context(effective_dt=now):
+        scheduled = job.execute_in_process(
+            instance=instance, partition_key=tick_partition(now), tags=TICK_TAGS
+        )
+        assert scheduled.success
+        assert len(instance.get_runs()) == 2
+    password = db_url.password
+    assert password and len(password) > 20
+    texts = list(_stored_texts(home))
+    assert any("monitor_job" in text for _, text in texts)  # the scan does see the runs
+    leaks = sorted({where for where, text in texts if password in text})
+    assert leaks == []

@@ -6,6 +6,10 @@ its receipt time. What decides what to send is ``published_at`` in Postgres, not
 cursor (kept only to show the last id sent): an old or reset cursor re-sends nothing.
 A broker that is down fails the tick with the reason; rows stay unpublished and go out, in
 order, on the first tick that reaches the broker again.
+
+A tick that published records a materialization of ``pulsar_alert_events`` (the topic, an
+external asset downstream of ``alerts``), so it reads as a success in the UI, with what it
+sent; a tick with nothing to send is a skip.
 """
 
 import time
@@ -15,6 +19,16 @@ import dagster as dg
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource, PulsarResource
 from dict_ratelimit.events.publisher import publish
 from dict_ratelimit.storage.outbox import backlog, mark_published, record_failure, unpublished
+
+PULSAR_ALERT_EVENTS = dg.AssetSpec(
+    "pulsar_alert_events",
+    deps=["alerts"],
+    group_name="dict",
+    kinds={"pulsar"},
+    description="The Pulsar topic the notification service reads: alert events as CloudEvents "
+    "JSON, published from the outbox by the publish_alert_events sensor (external: each "
+    "sensor tick that published records a materialization).",
+)
 
 
 class PublishFailed(Exception):
@@ -67,8 +81,25 @@ def publish_alert_events(
             f"{outcome.error}; {waiting} event(s) stay in the outbox for the next tick"
         )
     first, last = outcome.receipts[0][0], outcome.receipts[-1][0]
+    summary = (
+        f"published {sent} event(s) (outbox ids {first}–{last}) to {target.topic} "
+        f"in {outcome.seconds:.2f} s; {waiting} waiting"
+    )
+    context.log.info(summary)
     return dg.SensorResult(
-        skip_reason=f"published {sent} event(s) (outbox ids {first}–{last}) to {target.topic} "
-        f"in {outcome.seconds:.2f} s; {waiting} waiting",
+        asset_events=[
+            dg.AssetMaterialization(
+                asset_key=PULSAR_ALERT_EVENTS.key,
+                description=summary,
+                metadata={
+                    "published": sent,
+                    "first_outbox_id": first,
+                    "last_outbox_id": last,
+                    "topic": target.topic,
+                    "seconds": round(outcome.seconds, 3),
+                    "waiting": waiting,
+                },
+            )
+        ],
         cursor=cursor,
     )

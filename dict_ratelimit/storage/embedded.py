@@ -270,6 +270,16 @@ class EmbeddedPostgres:
             _adopt_objects(cursor, role)
         return f"postgresql+psycopg2://{role}:{password}@{info.host}:{info.port}/{database}"
 
+    @property
+    def started_here(self) -> bool:
+        """Whether this object started the server it is attached to."""
+        return self._info is not None and self._info.started_here
+
+    def restart(self) -> ServerInfo:
+        """Start the server again after it died (same port, same data); still ours to stop."""
+        self._info = None
+        return self.ensure_running()
+
     def stop(self) -> bool:
         """Stop the server if this object started it; True when it was stopped here."""
         if self._info is None or not self._info.started_here:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import struct
 import threading
 from collections import deque
@@ -169,6 +170,7 @@ class Connection:
                     type=LOOKUP_RESPONSE,
                     lookupTopicResponse=pb.CommandLookupTopicResponse(
                         brokerServiceUrl=self.broker.url,
+                        brokerServiceUrlTls=self.broker.url if self.broker.tls else None,
                         response=1,  # Connect: this broker serves the topic
                         request_id=request.request_id,
                         authoritative=True,
@@ -298,8 +300,9 @@ class Connection:
 class PulsarTestBroker:
     """Start with ``start()`` (or as a context manager); ``url`` is ``pulsar://127.0.0.1:<port>``."""
 
-    def __init__(self, *, deduplication: bool = False) -> None:
+    def __init__(self, *, deduplication: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.deduplication = deduplication
+        self.tls = tls  # serve pulsar+ssl:// (TLS, and mutual TLS if the context asks for it)
         self.receipt_delay = 0.0
         self.checksum_errors = 0
         self.duplicates_dropped = 0
@@ -315,7 +318,8 @@ class PulsarTestBroker:
 
     @property
     def url(self) -> str:
-        return f"pulsar://127.0.0.1:{self.port}"
+        scheme = "pulsar+ssl" if self.tls is not None else "pulsar"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -365,7 +369,7 @@ class PulsarTestBroker:
         async def up() -> None:
             if self._server is None:
                 self._server = await asyncio.start_server(
-                    self._accept, "127.0.0.1", self.port, reuse_address=True
+                    self._accept, "127.0.0.1", self.port, reuse_address=True, ssl=self.tls
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
 
