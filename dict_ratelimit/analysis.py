@@ -78,6 +78,13 @@ def metrics_frame(pairs: pd.DataFrame, thresholds: ThresholdConfig) -> pd.DataFr
     # unknown (no stats, or no response in the window) stays NULL, never 0
     frame["not_found_share"] = (not_found / total.where(total > 0)).to_numpy()
     frame["own_calls"] = own_calls.astype(int).to_numpy()
+    # DICT's 429s since the previous reading (the Bridge's counts); NULL when unknown
+    if "throttled" in pairs:
+        frame["throttled"] = pd.to_numeric(pairs["throttled"], errors="coerce").astype("Int64")
+        frame["throttled_since"] = pairs["throttled_since"]
+    else:  # no counts from the Bridge at all: unknown, never 0
+        frame["throttled"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+        frame["throttled_since"] = pd.NaT
     return frame
 
 
@@ -102,10 +109,21 @@ def evaluations_frame(metrics: pd.DataFrame, thresholds: ThresholdConfig) -> pd.
     available = metrics["available_tokens"].to_numpy(float)
     capacity = metrics["capacity"].to_numpy(float)
     ttl = metrics["time_to_429_s"].to_numpy(float)
+    throttled = (
+        pd.to_numeric(metrics["throttled"], errors="coerce").to_numpy(float)
+        if "throttled" in metrics
+        else np.full(len(metrics), np.nan)
+    )
+    since = (
+        pd.to_datetime(metrics["throttled_since"], utc=True)
+        if "throttled_since" in metrics
+        else pd.Series(pd.NaT, index=metrics.index)
+    )
     plainly_ok = (
         (available > 0)
         & (available / capacity > warning_ratio)
         & (np.isnan(ttl) | (ttl >= horizon))
+        & (np.isnan(throttled) | (throttled == 0))
     )
     frame = metrics[["ispb", "policy", "response_time", "remaining_ratio", "time_to_429_s"]].copy()
     frame["level"] = "OK"
@@ -114,15 +132,23 @@ def evaluations_frame(metrics: pd.DataFrame, thresholds: ThresholdConfig) -> pd.
     frame["thresholds"] = metrics["policy"].map(used_json)
     levels, ranks, reasons_json = [], [], []
     rest = ~plainly_ok
-    for policy, tokens, size, horizon_value in zip(
+    for policy, tokens, size, horizon_value, rejected, rejected_since in zip(
         metrics["policy"].to_numpy()[rest],
         available[rest],
         capacity[rest],
         ttl[rest],
+        throttled[rest],
+        since.to_numpy()[rest],
         strict=True,
     ):
         level, reasons = evaluate(
-            tokens, size, None if np.isnan(horizon_value) else horizon_value, used[policy]
+            tokens,
+            size,
+            None if np.isnan(horizon_value) else horizon_value,
+            used[policy],
+            throttled=None if np.isnan(rejected) else int(rejected),
+            throttled_since=None if pd.isna(rejected_since) else pd.Timestamp(rejected_since),
+            policy=policy,
         )
         levels.append(level.name)
         ranks.append(int(level))

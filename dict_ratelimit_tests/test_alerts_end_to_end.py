@@ -19,7 +19,9 @@ from dict_ratelimit.defs.resources import ClockResource, PostgresResource, Pulsa
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.events.cloudevents import load_schema
 from dict_ratelimit.events.publisher import DEFAULT_TOPIC
+from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.alerts import apply_evaluations
+from dict_ratelimit_tests.prometheus_tools import scrape
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
@@ -308,3 +310,85 @@ def test_a_manual_tick_seconds_after_the_scheduled_one_opens_no_alert(
     assert {r.demand_per_min for r in rows[:2]} == {None}
     # nobody else lists: our own call explains everything the bucket lost
     assert {r.demand_lower_per_min for r in rows[2:]} == {0.0}
+
+
+@pytest.mark.parametrize("with_counts", [True, False])
+def test_a_burst_between_two_readings_is_seen_through_dicts_429_counts(
+    db_url: URL, engine: Engine, with_counts: bool
+) -> None:
+    """KEYS_CHECK (70, refilled each minute) is emptied from 10 to 13 min and full again
+    before the next five-minute reading: only the Bridge's 429 counts tell."""
+    with running_simulator(PARTICIPANTS, "burst-recovery") as sim:
+        resources = monitor_resources(
+            sim,
+            db_url,
+            list(PARTICIPANTS),
+            bridge_options={"request_stats_window_seconds": 300 if with_counts else 0},
+        )
+        for minute in (0, 5, 10, 15):
+            sim.advance(300 if minute else 0)
+            assert run_tick(sim, resources).success
+        truth = {
+            ispb: sim.simulator.request_stats(ispb, dt.timedelta(minutes=6))[2]
+            .get("KEYS_CHECK", {})
+            .get(429, 0)
+            for ispb in PARTICIPANTS
+        }
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT m.ispb, m.available_tokens, m.capacity, m.throttled, e.level, e.reasons "
+                "FROM dict_ratelimit.policy_metric m JOIN dict_ratelimit.threshold_evaluation e "
+                "USING (ispb, policy, response_time) WHERE m.policy = 'KEYS_CHECK' AND "
+                "m.response_time = (SELECT max(response_time) FROM dict_ratelimit.policy_metric)"
+            )
+        ).fetchall()
+    assert len(rows) == 2
+    for row in rows:
+        assert row.available_tokens == row.capacity  # refilled: the reading alone says "fine"
+        assert truth[row.ispb] > 0
+        if with_counts:
+            assert row.throttled == truth[row.ispb]
+            assert row.level == "EXHAUSTED"
+            [reason] = [r for r in row.reasons if r["code"] == "throttled"]
+            assert (
+                f"DICT throttled {truth[row.ispb]:,} requests of KEYS_CHECK since"
+                in (reason["detail"])
+            )
+        else:
+            assert row.throttled is None  # unknown, never 0
+            assert row.level == "OK"
+    opened = [
+        e
+        for e in _events(engine)
+        if e["type"].endswith("alert.opened") and e["data"]["policy"] == "KEYS_CHECK"
+    ]
+    if with_counts:
+        assert {e["data"]["participant"] for e in opened} == set(PARTICIPANTS)
+        assert all(e["data"]["severity"] == "EXHAUSTED" for e in opened)
+    else:
+        assert opened == []
+    # the exporter shows the count of the last window, and the running total
+    samples = _scrape_once(engine)
+    for ispb in PARTICIPANTS:
+        labels = {"ispb": ispb, "policy": "KEYS_CHECK"}
+        total = samples.get("dict_rate_limit_dict_throttled_total", [])
+        counted = [s.value for s in total if s.labels == labels]
+        gauge = [
+            s.value
+            for s in samples.get("dict_rate_limit_throttled_requests", [])
+            if s.labels["ispb"] == ispb and s.labels["policy"] == "KEYS_CHECK"
+        ]
+        if with_counts:
+            assert counted == [truth[ispb]] and gauge == [truth[ispb]]
+        else:
+            assert counted == [] and gauge == []  # unknown: absent, never 0
+
+
+def _scrape_once(engine: Engine) -> dict[str, list]:
+    server, thread = start_exporter(engine, "127.0.0.1", 0)
+    try:
+        return scrape(server.server_port)
+    finally:
+        server.shutdown()
+        thread.join(5)

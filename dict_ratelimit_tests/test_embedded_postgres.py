@@ -296,9 +296,6 @@ def test_after_a_kill_9_it_comes_back_on_its_port_and_clients_reconnect(
         deadline = time.monotonic() + 10
         while server.running_server() is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        with pytest.raises(sa.exc.OperationalError):
-            with engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
         restarted = EmbeddedPostgres(server.data_dir, fast_unsafe=True).ensure_running()
         assert restarted.started_here and restarted.port == info.port
         started = time.monotonic()

@@ -59,9 +59,9 @@ def test_migrate_from_zero_then_second_run_is_a_no_op(
             "dict_ratelimit.policy_snapshot_y2026m12",
             "dict_ratelimit.policy_snapshot_y2027m01",
         ]
-        # five partitioned tables (snapshots, request stats, metrics, evaluations, monitor
-        # ticks), three months each
-        assert len(changes.created) == 5 * 3
+        # six partitioned tables (snapshots, request stats and their windows, metrics,
+        # evaluations, monitor ticks), three months each
+        assert len(changes.created) == 6 * 3
         tables = _tables(empty_db_url)
         assert {
             "participant",

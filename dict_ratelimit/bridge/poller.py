@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,30 +57,69 @@ class PollResult:
     def all_readings(self) -> list[PolicyReading]:
         return [r for readings in self.readings.values() for r in readings]
 
-    def request_stats_rows(self) -> list[tuple[str, str, dt.datetime, int, str, int, int]]:
-        """Rows for ``policy_request_stats``, keyed by the sweep's DICT ResponseTime (so the
-        metrics of that snapshot find them) for the participants that answered."""
+    def _stats_window(self, ispb: str) -> tuple[dt.datetime, int] | None:
+        """(end, seconds) of the participant's counts, keyed by its reading's DICT time (so
+        the metrics of that reading find them); None without a reading or counts."""
+        stats, readings = self.request_stats.get(ispb), self.readings.get(ispb)
+        if stats is None or not readings:
+            return None
+        seconds = max(1, round((stats.window_end - stats.window_start).total_seconds()))
+        return readings[0].response_time, seconds
+
+    def request_stats_rows(self) -> list[tuple[str, str, dt.datetime, int, str, int, int, int]]:
+        """Rows for ``policy_request_stats``: (ispb, policy, window end, seconds, responses
+        JSON, total, 404s, 429s) for the participants that answered."""
         rows = []
         for ispb, stats in self.request_stats.items():
-            readings = self.readings.get(ispb)
-            if not readings:
+            window = self._stats_window(ispb)
+            if window is None:
                 continue
-            window_end = readings[0].response_time
-            seconds = max(1, round((stats.window_end - stats.window_start).total_seconds()))
             for policy, counts in stats.by_policy.items():
                 responses = json.dumps({str(k): v for k, v in sorted(counts.items())})
                 rows.append(
                     (
                         ispb,
                         policy,
-                        window_end,
-                        seconds,
+                        window[0],
+                        window[1],
                         responses,
                         sum(counts.values()),
                         counts.get(404, 0),
+                        counts.get(429, 0),
                     )
                 )
         return rows
+
+    def request_stats_windows(self) -> list[tuple[str, dt.datetime, int]]:
+        """(ispb, window end, seconds) of every window the Bridge reported, traffic or not:
+        inside one, a policy without counts had none; outside all, its counts are unknown."""
+        windows = []
+        for ispb in self.request_stats:
+            window = self._stats_window(ispb)
+            if window is not None:
+                windows.append((ispb, window[0], window[1]))
+        return windows
+
+
+#: The longest window asked for when the previous counts are older (or unknown).
+MAX_STATS_WINDOW = dt.timedelta(hours=1)
+
+
+def stats_windows(
+    ispbs: list[str],
+    since: Mapping[str, dt.datetime | None],
+    now: dt.datetime,
+    default: dt.timedelta,
+) -> dict[str, dt.timedelta]:
+    """Per participant, the window to ask the Bridge's counts for: the time since its previous
+    counts (so consecutive windows neither overlap nor leave a gap), ``default`` the first
+    time, at least a second and at most ``MAX_STATS_WINDOW``."""
+    windows = {}
+    for ispb in ispbs:
+        previous = since.get(ispb)
+        window = now - previous if previous is not None else default
+        windows[ispb] = min(MAX_STATS_WINDOW, max(dt.timedelta(seconds=1), window))
+    return windows
 
 
 def poll_participants(
@@ -92,18 +131,27 @@ def poll_participants(
     max_concurrency: int = 16,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     stats_window: dt.timedelta | None = None,
+    stats_since: Mapping[str, dt.datetime | None] | None = None,
     clock: Clock | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PollResult:
-    """Poll every participant once (plus retries); never raises for a participant's failure."""
+    """Poll every participant once (plus retries); never raises for a participant's failure.
+
+    With ``stats_window``, the Bridge's response counts are fetched too: for the time since
+    ``stats_since[ispb]`` (our clock) when known, else for ``stats_window``."""
     polled_at = (clock or SystemClock()).now()
+    windows = (
+        stats_windows(ispbs, stats_since or {}, polled_at, stats_window)
+        if stats_window is not None
+        else {}
+    )
     deadline = time.monotonic() + budget_seconds
     result = PollResult(polled_at=polled_at)
 
     def fetch_stats(ispb: str) -> None:
         """The Bridge's response counts; any failure here only makes them unknown."""
         try:
-            stats = client.request_stats(ispb, stats_window)  # type: ignore[arg-type]
+            stats = client.request_stats(ispb, windows[ispb])
         except BridgeError as error:
             result.stats_unavailable[ispb] = error.error_class
             log.warning("request stats unavailable: %s", error)

@@ -28,6 +28,7 @@ from dict_ratelimit.pipeline.store import (
     failures_by_class,
     record_failed_sweep,
     response_time_range,
+    stats_since,
     store_sweep,
 )
 
@@ -95,6 +96,10 @@ def policy_snapshots(
         time.sleep(random.uniform(0, bridge.poll_jitter_seconds))
 
     started = time.perf_counter()
+    since: dict[str, dt.datetime | None] = {}
+    if bridge.request_stats_window_seconds:
+        with _retry_if_database_down(context, bridge):
+            since = stats_since(postgres.engine, ispbs)
     client = bridge.client()
     try:
         result = poll_participants(
@@ -108,6 +113,7 @@ def policy_snapshots(
             stats_window=dt.timedelta(seconds=bridge.request_stats_window_seconds)
             if bridge.request_stats_window_seconds > 0
             else None,
+            stats_since=since,
             clock=clock.clock(),
         )
     finally:

@@ -12,6 +12,7 @@ evaluation records the thresholds it used.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -152,12 +153,28 @@ def evaluate(
     capacity: float,
     time_to_429_seconds: float | None,
     thresholds: Thresholds,
+    *,
+    throttled: int | None = None,
+    throttled_since: dt.datetime | None = None,
+    policy: str = "",
 ) -> tuple[Level, list[Reason]]:
     """The level of one reading and every reason that contributed (worst first).
 
-    ``time_to_429_seconds`` is None when the forecast is unknown or "never".
+    ``time_to_429_seconds`` is None when the forecast is unknown or "never". ``throttled`` is
+    the number of 429s DICT answered for the policy since the previous reading (the Bridge's
+    counts; None: unknown): any is EXHAUSTED, even when the bucket has refilled since, because
+    the institution's requests were refused.
     """
     reasons: list[Reason] = []
+    if throttled:
+        since = f" since {throttled_since:%H:%M:%S} UTC" if throttled_since is not None else ""
+        reasons.append(
+            Reason(
+                "throttled",
+                Level.EXHAUSTED,
+                f"DICT throttled {throttled:,} requests of {policy or 'this policy'}{since}",
+            )
+        )
     ratio = available / capacity
     if available <= 0:
         reasons.append(

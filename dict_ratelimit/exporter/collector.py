@@ -54,7 +54,7 @@ SELECT p.ispb, p.policy, coalesce(pa.category, '?') AS category, m.available_tok
        m.capacity, m.remaining_ratio, m.refill_per_min, m.demand_per_min,
        m.demand_lower_per_min, m.demand_upper_per_min, m.exhaustion_state, m.time_to_429_s,
        m.recovery_state, m.recovery_to_clear_s, m.recovery_to_full_s, m.not_found_share,
-       e.level
+       m.throttled, e.level
 FROM dict_ratelimit.policy AS p
 JOIN dict_ratelimit.participant AS pa ON pa.ispb = p.ispb
 CROSS JOIN LATERAL (
@@ -72,6 +72,10 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) AS e ON true
 WHERE pa.last_reading_at >= %(high)s - interval '1 day'
+"""
+
+_THROTTLE_TOTALS = """
+SELECT ispb, policy, total FROM dict_ratelimit.throttle_counter
 """
 
 _NEWEST_READING = """
@@ -156,6 +160,7 @@ class DictRateLimitCollector(Collector):
             "alerts": self._alerts,
             "outbox": self._outbox,
             "monitor": self._monitor,
+            "throttling": self._throttling,
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -289,6 +294,12 @@ class DictRateLimitCollector(Collector):
         level = f.gauge(
             "level", "Threshold level: 0 OK, 1 WARNING, 2 CRITICAL, 3 EXHAUSTED", labels
         )
+        throttled = f.gauge(
+            "throttled_requests",
+            "Requests DICT answered 429 between the last two readings (the Bridge's counts); "
+            "absent when unknown",
+            labels,
+        )
         budget = f.gauge(
             "monitor_budget_tokens",
             "The monitor's own POLICIES_LIST / POLICIES_READ tokens left",
@@ -315,6 +326,7 @@ class DictRateLimitCollector(Collector):
                 (demand_high, row.demand_upper_per_min),
                 (not_found, row.not_found_share),
                 (recovery_clear, row.recovery_to_clear_s),
+                (throttled, row.throttled),
             ):
                 number = _finite(value)
                 if number is not None:
@@ -332,6 +344,16 @@ class DictRateLimitCollector(Collector):
             if row.policy in MONITOR_BUDGET_POLICIES:
                 budget.add_metric(values, row.available_tokens)
                 budget_ratio.add_metric(values, row.remaining_ratio)
+
+    def _throttling(self, connection: Connection, f: _Families, now: float) -> None:
+        """DICT's 429s per policy since the monitor started counting (a running total)."""
+        total = f.counter(
+            "dict_throttled",
+            "Requests DICT answered 429, per policy, as counted by the Bridge",
+            ["ispb", "policy"],
+        )
+        for row in connection.execute(sa.text(_THROTTLE_TOTALS)):
+            total.add_metric([row.ispb, row.policy], float(row.total))
 
     def _participants(self, connection: Connection, f: _Families, now: float) -> None:
         """How long ago each participant's newest reading reached us (our clock)."""

@@ -51,7 +51,15 @@ def store_sweep(
     with engine.begin() as connection:
         previous = previous_readings(connection, sorted(result.readings))
         report.stored = store_readings(connection, readings)
-        report.request_stats_rows = store_request_stats(connection, result.request_stats_rows())
+        report.request_stats_rows = store_request_stats(
+            connection, result.request_stats_rows(), result.request_stats_windows()
+        )
+        if result.request_stats:  # the next window starts where this one ended
+            connection.exec_driver_sql(
+                "UPDATE dict_ratelimit.participant SET stats_until = %(at)s "
+                "WHERE ispb = ANY(%(ispbs)s)",
+                {"at": result.polled_at, "ispbs": sorted(result.request_stats)},
+            )
         if record:
             record_tick(
                 connection,
@@ -91,3 +99,13 @@ def record_failed_sweep(
 def response_time_range(result: PollResult) -> tuple[dt.datetime | None, dt.datetime | None]:
     times = sorted({r.response_time for r in result.all_readings})
     return (times[0], times[-1]) if times else (None, None)
+
+
+def stats_since(engine: Engine, ispbs: list[str]) -> dict[str, dt.datetime | None]:
+    """When each participant's Bridge counts were last fetched (our clock)."""
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT ispb, stats_until FROM dict_ratelimit.participant WHERE ispb = ANY(%(i)s)",
+            {"i": ispbs},
+        ).fetchall()
+    return {row[0]: row[1] for row in rows}

@@ -19,7 +19,7 @@ from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.domain.thresholds import ThresholdConfig
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE
 from dict_ratelimit.pipeline.derive import DeriveReport, derive_backlog
-from dict_ratelimit.pipeline.store import StoreReport, store_sweep
+from dict_ratelimit.pipeline.store import StoreReport, stats_since, store_sweep
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 
 
@@ -95,6 +95,7 @@ def run_tick(
         max_skew=settings.max_skew,
         max_concurrency=settings.max_concurrency,
         stats_window=settings.stats_window,
+        stats_since=stats_since(engine, participants) if settings.stats_window else None,
         clock=clock,
     )
     bridge_seconds = time.perf_counter() - started

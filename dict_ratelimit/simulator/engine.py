@@ -26,7 +26,10 @@ from dict_ratelimit.simulator.bucket import RefillMode, TokenBucket
 from dict_ratelimit.simulator.clock import Clock
 from dict_ratelimit.simulator.scenarios import Scenario, Traffic
 
-STATS_RETENTION_MINUTES = 24 * 60
+#: The Bridge's response counts are kept in 10-second slots for two hours: fine enough for a
+#: watch read every 15 s, small enough for a thousand simulated participants.
+STATS_SLOT_SECONDS = 10
+STATS_RETENTION_SLOTS = 2 * 3600 // STATS_SLOT_SECONDS
 
 
 class UnknownParticipant(LookupError):
@@ -62,7 +65,7 @@ class _Participant:
     category: str
     buckets: dict[str, TokenBucket]
     carries: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
-    # policy -> deque of (minute index, {http status: count})
+    # policy -> deque of (10-second slot index, {http status: count})
     stats: dict[str, deque[tuple[int, dict[int, int]]]] = field(
         default_factory=lambda: defaultdict(deque)
     )
@@ -211,11 +214,11 @@ class Simulator:
     def _count(self, participant: _Participant, policy: str, t: float, status: int, n: int) -> None:
         if n <= 0:
             return
-        minute = int(t // 60)
+        slot = int(t // STATS_SLOT_SECONDS)
         series = participant.stats[policy]
-        if not series or series[-1][0] != minute:
-            series.append((minute, defaultdict(int)))
-            while series and series[0][0] < minute - STATS_RETENTION_MINUTES:
+        if not series or series[-1][0] != slot:
+            series.append((slot, defaultdict(int)))
+            while series and series[0][0] < slot - STATS_RETENTION_SLOTS:
                 series.popleft()
         series[-1][1][status] += n
 
@@ -291,16 +294,18 @@ class Simulator:
     def request_stats(
         self, ispb: str, window: dt.timedelta
     ) -> tuple[dt.datetime, dt.datetime, dict[str, dict[int, int]]]:
-        """(window start, end, {policy: {http status: count}}) over whole minutes of ``window``."""
+        """(window start, end, {policy: {http status: count}}) of the 10-second slots that
+        *ended* within the last ``window``: consecutive windows never count a slot twice, and a
+        slot still filling is reported by the next window."""
         with self._lock:
             now = self.now()
             participant = self._participant(ispb)
-            first_minute = int((self._t - window.total_seconds()) // 60)
+            start, end = self._t - window.total_seconds(), self._t
             totals: dict[str, dict[int, int]] = {}
             for policy, series in participant.stats.items():
                 counts: dict[int, int] = defaultdict(int)
-                for minute, by_status in series:
-                    if minute >= first_minute:
+                for slot, by_status in series:
+                    if start < (slot + 1) * STATS_SLOT_SECONDS <= end:
                         for status, n in by_status.items():
                             counts[status] += n
                 if counts:

@@ -65,7 +65,27 @@ SELECT pairs.ispb, pairs.policy, pairs.response_time, pairs.available_tokens, pa
                  AND g.response_time <= pairs.response_time
                  AND g.response_time >= %(low)s)::int
            ELSE 0
-       END AS own_calls
+       END AS own_calls,
+       -- DICT's 429s since the previous reading, from the Bridge's counts of the windows that
+       -- ended in between; NULL (unknown) when the Bridge reported no window in between
+       CASE WHEN EXISTS (
+           SELECT 1 FROM dict_ratelimit.request_stats_window AS w
+           WHERE w.ispb = pairs.ispb
+             AND w.window_end > coalesce(pairs.prev_response_time,
+                                         pairs.response_time - interval '1 microsecond')
+             AND w.window_end <= pairs.response_time AND w.window_end >= %(low)s)
+       THEN (
+           SELECT coalesce(sum(t.throttled), 0) FROM dict_ratelimit.policy_request_stats AS t
+           WHERE t.ispb = pairs.ispb AND t.policy = pairs.policy
+             AND t.window_end > coalesce(pairs.prev_response_time,
+                                         pairs.response_time - interval '1 microsecond')
+             AND t.window_end <= pairs.response_time AND t.window_end >= %(low)s)
+       END AS throttled,
+       coalesce(pairs.prev_response_time, (
+           SELECT w.window_end - make_interval(secs => w.window_seconds)
+           FROM dict_ratelimit.request_stats_window AS w
+           WHERE w.ispb = pairs.ispb AND w.window_end = pairs.response_time
+             AND w.window_end >= %(low)s)) AS throttled_since
 FROM pairs
 LEFT JOIN dict_ratelimit.policy_request_stats AS rs
        ON rs.ispb = pairs.ispb AND rs.policy = pairs.policy
@@ -129,7 +149,7 @@ WITH base AS (
 ORDER BY pairs.ispb, pairs.policy, pairs.response_time
 """
 
-_PAIR_DATES = ("response_time", "prev_response_time")
+_PAIR_DATES = ("response_time", "prev_response_time", "throttled_since")
 
 
 def load_pairs_for_keys(connection: Connection, keys: Sequence[Key]) -> pd.DataFrame:
@@ -202,7 +222,7 @@ METRIC_COLUMNS = (
     "forecast_demand_per_min", "exhaustion_state", "time_to_429_stepped_s",
     "time_to_429_continuous_s", "time_to_429_s", "recovery_state", "recovery_to_clear_s",
     "recovery_to_full_s", "headroom_per_min", "burst_absorbable_tokens", "demand_seconds_left",
-    "not_found_share", "own_calls",
+    "not_found_share", "own_calls", "throttled", "throttled_since",
 )  # fmt: skip
 
 EVALUATION_COLUMNS = (
@@ -263,20 +283,49 @@ def write_rows(
     return max(written, 0)
 
 
+StatsRow = tuple[str, str, dt.datetime, int, str, int, int, int]
+
+
 def store_request_stats(
-    connection: Connection, rows: Sequence[tuple[str, str, dt.datetime, int, str, int, int]]
+    connection: Connection,
+    rows: Sequence[StatsRow],
+    windows: Sequence[tuple[str, dt.datetime, int]] = (),
 ) -> int:
-    """(ispb, policy, window_end, window_seconds, responses json, total, not_found) rows."""
+    """Store the Bridge's counts: (ispb, policy, window_end, window_seconds, responses json,
+    total, not_found, throttled) rows, the windows they cover (a policy absent from a covered
+    window had no response: 0, not unknown), and the running total of 429s per policy.
+    Storing the same window twice changes nothing. Returns the count rows stored."""
+    if windows:
+        ensure_month_partitions(connection, "request_stats_window", (w[1] for w in windows))
+        staging = stage_rows(
+            connection, "request_stats_window", ("ispb", "window_end", "window_seconds"), windows
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO dict_ratelimit.request_stats_window (ispb, window_end, window_seconds) "
+            f"SELECT ispb, window_end, window_seconds FROM {staging} ON CONFLICT DO NOTHING"
+        )
     if not rows:
         return 0
     ensure_month_partitions(connection, "policy_request_stats", (row[2] for row in rows))
-    columns = ("ispb", "policy", "window_end", "window_seconds", "responses", "total", "not_found")
+    columns = (
+        "ispb", "policy", "window_end", "window_seconds", "responses", "total", "not_found",
+        "throttled",
+    )  # fmt: skip
     staging = stage_rows(connection, "policy_request_stats", columns, rows)
     names = ", ".join(columns)
-    return max(
-        connection.exec_driver_sql(
-            f"INSERT INTO dict_ratelimit.policy_request_stats ({names}) "
-            f"SELECT {names} FROM {staging} ON CONFLICT (ispb, policy, window_end) DO NOTHING"
-        ).rowcount,
-        0,
-    )
+    stored = connection.exec_driver_sql(
+        f"""
+        WITH inserted AS (
+            INSERT INTO dict_ratelimit.policy_request_stats ({names})
+            SELECT {names} FROM {staging} ON CONFLICT (ispb, policy, window_end) DO NOTHING
+            RETURNING ispb, policy, throttled
+        ), counted AS (
+            INSERT INTO dict_ratelimit.throttle_counter AS c (ispb, policy, total)
+            SELECT ispb, policy, sum(throttled) FROM inserted WHERE throttled > 0
+            GROUP BY ispb, policy
+            ON CONFLICT (ispb, policy) DO UPDATE SET total = c.total + EXCLUDED.total
+        )
+        SELECT count(*) FROM inserted
+        """
+    ).scalar()
+    return int(stored or 0)
