@@ -1,10 +1,10 @@
-"""A throw-away embedded PostgreSQL with the schema migrated, for the benchmarks."""
+"""Throw-away embedded PostgreSQL databases with the schema migrated, for the benchmarks."""
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy.engine import URL, Engine
@@ -14,20 +14,36 @@ from dict_ratelimit.storage.database import create_db_engine, normalize_url
 from dict_ratelimit.storage.embedded import EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
 
+DatabaseFactory = Callable[..., tuple[URL, Engine]]
+
 
 @contextlib.contextmanager
-def bench_database() -> Iterator[tuple[URL, Engine]]:
-    """(url, engine) of a migrated database on a fresh server (fsync on, as in dev)."""
+def bench_server() -> Iterator[DatabaseFactory]:
+    """A fresh server (fsync on, as in dev) and a factory of migrated databases on it, each
+    owned by the application role; engines are disposed of when the server stops."""
+    engines: list[Engine] = []
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
         server = EmbeddedPostgres(Path(folder))
         server.ensure_running()
-        try:
-            url = normalize_url(server.application_url("bench"))  # the application role
+
+        def database(name: str, schema: bool = True) -> tuple[URL, Engine]:
+            url = normalize_url(server.application_url(name))  # the application role
             engine = create_db_engine(url)
-            try:
+            engines.append(engine)
+            if schema:
                 migrate(url, project_root() / "sql", engine)
-                yield url, engine
-            finally:
-                engine.dispose()
+            return url, engine
+
+        try:
+            yield database
         finally:
+            for engine in engines:
+                engine.dispose()
             server.stop()
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[tuple[URL, Engine]]:
+    """(url, engine) of one migrated database on a fresh server."""
+    with bench_server() as database:
+        yield database("bench")

@@ -13,6 +13,7 @@ from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedu
 from dict_ratelimit.defs.resources import default_resources
 from dict_ratelimit.defs.retention import retention_job, retention_schedule
 from dict_ratelimit.defs.snapshots import DICT_BRIDGE, policy_snapshots
+from dict_ratelimit.defs.watch import watch_sensor
 from dict_ratelimit.settings import get_settings
 
 
@@ -38,7 +39,10 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             retention_schedule(settings.retention_months, settings.months_ahead),
             alert_watchdog_schedule(),
         ],
-        sensors=[publish_alert_events],
+        sensors=[
+            publish_alert_events,
+            watch_sensor(settings.watch_interval_seconds, enabled=settings.watch),
+        ],
         resources=resources,
     )
 

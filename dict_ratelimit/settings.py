@@ -137,10 +137,19 @@ class Settings(BaseSettings):
     request_stats_window_seconds: int = Field(default=300, ge=0, le=86_400)
     thresholds_file: Path | None = None
 
+    # -- the watch lane --------------------------------------------------------------------
+    watch: bool = True
+    watch_interval_seconds: int = Field(default=15, ge=5, le=300)
+    watch_sweep_interval_seconds: int = Field(default=300, ge=30, le=3600)
+    watch_read_budget_ratio: float = Field(default=0.5, ge=0, le=1)
+    watch_list_budget_ratio: float = Field(default=0.25, ge=0, le=1)
+    watch_counts: bool = True
+
     # -- alerts and events -----------------------------------------------------------------
     alert_fire_after: int = Field(default=1, ge=1, le=100)
     alert_clear_after: int = Field(default=2, ge=1, le=100)
     alert_stale_after_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    alert_settle_after_minutes: float = Field(default=4.0, ge=0, le=24 * 60)
     event_source: str = Field(default="urn:lbconn:dict-ratelimit:monitor", min_length=1)
     pulsar_url: str | None = None
     pulsar_topic: str = "persistent://lb-conn/dict/rate-limit-alerts"

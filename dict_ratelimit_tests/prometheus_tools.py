@@ -8,7 +8,9 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
 
+from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.settings import project_root
 
 DEPLOY = project_root() / "deploy"
@@ -38,3 +40,13 @@ def scrape(port: int) -> dict[str, list]:
 def value(samples: dict[str, list], name: str, **labels: str) -> float:
     [match] = [s for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
     return match.value
+
+
+def scrape_exporter(engine: Engine) -> dict[str, list]:
+    """One scrape of an exporter started on ``engine`` for it (any free port), then stopped."""
+    server, thread = start_exporter(engine, "127.0.0.1", 0)
+    try:
+        return scrape(server.server_port)
+    finally:
+        server.shutdown()
+        thread.join(5)

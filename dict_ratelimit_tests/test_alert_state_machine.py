@@ -91,7 +91,8 @@ def test_the_replaced_rule_would_have_flapped_on_the_same_signal() -> None:
         observations.append(
             Observation(**{**obs.__dict__, "clear_ratio": Thresholds().warning_ratio})
         )
-    _, transitions = apply_all(track, observations, AlertRules(clear_after=1))
+    old_rule = AlertRules(clear_after=1, settle_after=dt.timedelta(0))
+    _, transitions = apply_all(track, observations, old_rule)
     assert kinds(transitions).count("alert.opened") == 5
 
 
@@ -258,3 +259,18 @@ def test_a_resolved_event_says_the_severity_it_resolved_at_and_no_old_forecast()
         "CRITICAL",
         [],
     )
+
+
+def test_readings_every_15_seconds_do_not_resolve_or_deescalate_before_the_settle_time() -> None:
+    """The watch lane reads a hot bucket every 15 s: two clear readings 15 s apart are no
+    evidence of calm; the episode resolves once the clear state has held for four minutes."""
+    track = Track("12345678", "ENTRIES_READ_USER_ANON")
+    critical = reading(0, 0.05)
+    calm = [reading(0.25 * (i + 1), 0.15) for i in range(20)]  # WARNING-level, for 5 min
+    clear = [reading(5.25 + 0.25 * i, 0.6) for i in range(24)]  # clear, for 6 min
+    _, transitions = apply_all(track, [critical, *calm, *clear], RULES)
+    assert kinds(transitions) == ["alert.opened", "alert.deescalated", "alert.resolved"]
+    deescalated, resolved = transitions[1], transitions[2]
+    assert (deescalated.at - calm[0].at) >= RULES.settle_after  # not at the second reading
+    assert deescalated.at - calm[0].at < RULES.settle_after + dt.timedelta(seconds=16)
+    assert resolved.at - clear[0].at == RULES.settle_after  # the first reading that qualifies

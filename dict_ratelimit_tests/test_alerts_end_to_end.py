@@ -19,9 +19,8 @@ from dict_ratelimit.defs.resources import ClockResource, PostgresResource, Pulsa
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.events.cloudevents import load_schema
 from dict_ratelimit.events.publisher import DEFAULT_TOPIC
-from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.alerts import apply_evaluations
-from dict_ratelimit_tests.prometheus_tools import scrape
+from dict_ratelimit_tests.prometheus_tools import scrape_exporter
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
@@ -369,7 +368,7 @@ def test_a_burst_between_two_readings_is_seen_through_dicts_429_counts(
     else:
         assert opened == []
     # the exporter shows the count of the last window, and the running total
-    samples = _scrape_once(engine)
+    samples = scrape_exporter(engine)
     for ispb in PARTICIPANTS:
         labels = {"ispb": ispb, "policy": "KEYS_CHECK"}
         total = samples.get("dict_rate_limit_dict_throttled_total", [])
@@ -383,12 +382,3 @@ def test_a_burst_between_two_readings_is_seen_through_dicts_429_counts(
             assert counted == [truth[ispb]] and gauge == [truth[ispb]]
         else:
             assert counted == [] and gauge == []  # unknown: absent, never 0
-
-
-def _scrape_once(engine: Engine) -> dict[str, list]:
-    server, thread = start_exporter(engine, "127.0.0.1", 0)
-    try:
-        return scrape(server.server_port)
-    finally:
-        server.shutdown()
-        thread.join(5)

@@ -98,3 +98,25 @@ def test_deployed_instance_config_stores_runs_in_postgres(instance_home: Path, d
         assert outcome.success
         stored = instance.get_run_by_id(outcome.run_id)
         assert stored is not None and stored.status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_the_watch_lane_runs_by_default_every_15_s_and_is_stopped_when_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sensor = defs.resolve_sensor_def("watch_hot_buckets")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 15
+    assert {"postgres", "bridge", "watch", "clock"} <= sensor.required_resource_keys
+
+    from dict_ratelimit.definitions import build_definitions
+    from dict_ratelimit.settings import get_settings
+
+    monkeypatch.setenv("DICT_RATELIMIT_WATCH", "false")
+    monkeypatch.setenv("DICT_RATELIMIT_WATCH_INTERVAL_SECONDS", "30")
+    get_settings.cache_clear()
+    try:
+        disabled = build_definitions().resolve_sensor_def("watch_hot_buckets")
+    finally:
+        get_settings.cache_clear()
+    assert disabled.default_status == dg.DefaultSensorStatus.STOPPED
+    assert disabled.minimum_interval_seconds == 30

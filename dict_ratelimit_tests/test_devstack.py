@@ -155,7 +155,8 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
             "sensors { name sensorState { status } } } } } }",
         )["repositoriesOrError"]["nodes"][0]["sensors"]
         assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
-            "publish_alert_events": "RUNNING"
+            "publish_alert_events": "RUNNING",
+            "watch_hot_buckets": "RUNNING",
         }
 
         assert _launch_and_wait(port, "retention_job") == "SUCCESS"

@@ -225,6 +225,7 @@ def test_a_broken_query_blanks_only_its_own_collector(
     }
     assert success == {
         "policies": 1, "participants": 1, "alerts": 0, "outbox": 1, "monitor": 1, "throttling": 1,
+        "own_calls": 1,
     }  # fmt: skip
     assert value(samples, "dict_rate_limit_exporter_database_up") == 1
     assert len(samples["dict_rate_limit_available_tokens"]) == 56  # the others are all there

@@ -58,13 +58,14 @@ class PollResult:
         return [r for readings in self.readings.values() for r in readings]
 
     def _stats_window(self, ispb: str) -> tuple[dt.datetime, int] | None:
-        """(end, seconds) of the participant's counts, keyed by its reading's DICT time (so
-        the metrics of that reading find them); None without a reading or counts."""
+        """(end, seconds) of the participant's counts, keyed by the DICT time of its first
+        reading of the round (so the metrics of every reading of the round, and of later
+        readings of the other policies, find them); None without a reading or counts."""
         stats, readings = self.request_stats.get(ispb), self.readings.get(ispb)
         if stats is None or not readings:
             return None
         seconds = max(1, round((stats.window_end - stats.window_start).total_seconds()))
-        return readings[0].response_time, seconds
+        return min(r.response_time for r in readings), seconds
 
     def request_stats_rows(self) -> list[tuple[str, str, dt.datetime, int, str, int, int, int]]:
         """Rows for ``policy_request_stats``: (ispb, policy, window end, seconds, responses

@@ -21,6 +21,7 @@ from dict_ratelimit.clock import Clock, clock_at
 from dict_ratelimit.domain.alerts import AlertRules
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
 from dict_ratelimit.domain.thresholds import ThresholdConfig, parse_threshold_config
+from dict_ratelimit.domain.watch import WatchRules
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE
 from dict_ratelimit.events.publisher import DEFAULT_PRODUCER_NAME, DEFAULT_TOPIC, PulsarTarget
 from dict_ratelimit.settings import Settings, get_settings, parse_participants
@@ -107,6 +108,16 @@ class BridgeResource(dg.ConfigurableResource):
         extra = {name.strip() for name in self.extra_policies.split(",") if name.strip()}
         return KNOWN_POLICY_NAMES | extra
 
+    def max_skew(self) -> dt.timedelta | None:
+        """The clock-skew check's limit (None: off)."""
+        seconds = self.max_clock_skew_seconds
+        return dt.timedelta(seconds=seconds) if seconds > 0 else None
+
+    def stats_window(self) -> dt.timedelta | None:
+        """The request counts' window (None: the Bridge is not asked)."""
+        seconds = self.request_stats_window_seconds
+        return dt.timedelta(seconds=seconds) if seconds > 0 else None
+
     def client(self) -> BridgeClient:
         if not self.target:
             raise ValueError("DICT_RATELIMIT_BRIDGE_TARGET is not set (host:port of the Bridge)")
@@ -148,6 +159,7 @@ class AlertRulesResource(dg.ConfigurableResource):
     fire_after: int = 1
     clear_after: int = 2
     stale_after_minutes: float = 15.0
+    settle_after_minutes: float = 4.0
     event_source: str = DEFAULT_SOURCE
 
     def rules(self) -> AlertRules:
@@ -155,7 +167,25 @@ class AlertRulesResource(dg.ConfigurableResource):
             fire_after=self.fire_after,
             clear_after=self.clear_after,
             stale_after=dt.timedelta(minutes=self.stale_after_minutes),
+            settle_after=dt.timedelta(minutes=self.settle_after_minutes),
         ).validate()
+
+
+class WatchResource(dg.ConfigurableResource):
+    """The watch lane (``DICT_RATELIMIT_WATCH_*``): how it picks buckets and what it may
+    spend of the monitor's own DICT budget."""
+
+    sweep_interval_seconds: float = 300.0
+    read_budget_ratio: float = 0.5
+    list_budget_ratio: float = 0.25
+    counts: bool = True
+
+    def rules(self) -> WatchRules:
+        return WatchRules(
+            sweep_interval_s=self.sweep_interval_seconds,
+            read_budget_ratio=self.read_budget_ratio,
+            list_budget_ratio=self.list_budget_ratio,
+        )
 
 
 class PulsarResource(dg.ConfigurableResource):
@@ -241,7 +271,17 @@ def alert_rules_resource(settings: Settings) -> AlertRulesResource:
         fire_after=settings.alert_fire_after,
         clear_after=settings.alert_clear_after,
         stale_after_minutes=settings.alert_stale_after_minutes,
+        settle_after_minutes=settings.alert_settle_after_minutes,
         event_source=settings.event_source,
+    )
+
+
+def watch_resource(settings: Settings) -> WatchResource:
+    return WatchResource(
+        sweep_interval_seconds=settings.watch_sweep_interval_seconds,
+        read_budget_ratio=settings.watch_read_budget_ratio,
+        list_budget_ratio=settings.watch_list_budget_ratio,
+        counts=settings.watch_counts,
     )
 
 
@@ -275,5 +315,6 @@ def default_resources(settings: Settings | None = None) -> dict[str, object]:
         "thresholds": thresholds_resource(settings),
         "alert_rules": alert_rules_resource(settings),
         "pulsar": pulsar_resource(settings),
+        "watch": watch_resource(settings),
         "clock": ClockResource(),
     }

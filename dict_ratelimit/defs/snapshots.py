@@ -24,6 +24,7 @@ from dict_ratelimit.defs.resources import (
     PostgresResource,
     ThresholdsResource,
 )
+from dict_ratelimit.defs.spend import spend_metadata
 from dict_ratelimit.pipeline.store import (
     failures_by_class,
     record_failed_sweep,
@@ -31,6 +32,7 @@ from dict_ratelimit.pipeline.store import (
     stats_since,
     store_sweep,
 )
+from dict_ratelimit.storage.watch import spend_last_hour
 
 DICT_BRIDGE = dg.AssetSpec(
     "dict_bridge",
@@ -106,13 +108,9 @@ def policy_snapshots(
             client,
             ispbs,
             bridge.known_policies(),
-            max_skew=dt.timedelta(seconds=bridge.max_clock_skew_seconds)
-            if bridge.max_clock_skew_seconds > 0
-            else None,
+            max_skew=bridge.max_skew(),
             max_concurrency=bridge.max_concurrency,
-            stats_window=dt.timedelta(seconds=bridge.request_stats_window_seconds)
-            if bridge.request_stats_window_seconds > 0
-            else None,
+            stats_window=bridge.stats_window(),
             stats_since=since,
             clock=clock.clock(),
         )
@@ -156,6 +154,8 @@ def policy_snapshots(
         if why != "unimplemented":
             context.log.warning(f"request stats of {ispb} unknown this sweep: {why}")
 
+    with postgres.engine.connect() as connection:
+        spend = spend_last_hour(connection, ispbs, clock.clock().now())
     first, last = response_time_range(result)
     latencies = list(result.latency_seconds.values())
     metadata: dict[str, Any] = {
@@ -183,6 +183,7 @@ def policy_snapshots(
         "insert_seconds": round(insert_seconds, 4),
         "total_seconds": round(time.perf_counter() - started, 4),
         **_worst(result),
+        **spend_metadata(spend),
     }
     complete = dg.AssetCheckResult(
         check_name=COMPLETE_READING,

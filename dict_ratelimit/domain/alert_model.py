@@ -46,6 +46,9 @@ class AlertRules:
     fire_after: int = 1
     clear_after: int = 2
     stale_after: dt.timedelta = dt.timedelta(minutes=15)
+    #: how long a calmer state must hold (as well as ``clear_after`` readings) to resolve or
+    #: de-escalate: two sweeps five minutes apart qualify, two watch reads 15 s apart do not
+    settle_after: dt.timedelta = dt.timedelta(minutes=4)
 
     def validate(self) -> AlertRules:
         if self.fire_after < 1:
@@ -54,6 +57,8 @@ class AlertRules:
             raise AlertRulesError(f"clear_after must be >= 1, got {self.clear_after}")
         if self.stale_after <= dt.timedelta(0):
             raise AlertRulesError(f"stale_after must be positive, got {self.stale_after}")
+        if self.settle_after < dt.timedelta(0):
+            raise AlertRulesError(f"settle_after must be >= 0, got {self.settle_after}")
         return self
 
 
@@ -122,6 +127,8 @@ class Episode:
     resolved_at: dt.datetime | None = None
     calm_streak: int = 0  # consecutive readings below the current severity
     calm_level: Level | None = None  # the worst of those readings
+    clear_since: dt.datetime | None = None  # DICT time of the first of the clear readings
+    calm_since: dt.datetime | None = None  # ... of the first of the readings below severity
     last_received_at: dt.datetime | None = None  # our clock: when the newest reading came
 
     @property

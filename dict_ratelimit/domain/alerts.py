@@ -11,7 +11,9 @@ Readings between the warning and the clear threshold keep the episode open at WA
 bucket is no longer low, but not yet safe either.
 
 Severity has hysteresis too: it escalates at once, but de-escalates only after ``clear_after``
-consecutive readings below it (to the worst of them). A stepped bucket read at different
+consecutive readings below it (to the worst of them). Both resolving and de-escalating also
+need the calmer state to have held for ``settle_after`` (4 minutes): with readings every 15 s
+(the watch lane), two readings are no evidence of a calm bucket. A stepped bucket read at different
 refill phases swings between CRITICAL and WARNING every tick; without this, each swing would
 page someone.
 
@@ -94,6 +96,12 @@ def _lowest(episode: Episode, obs: Observation) -> dict[str, Any]:
     }
 
 
+def _settled(since: dt.datetime | None, at: dt.datetime, rules: AlertRules) -> bool:
+    """Whether a calmer state has held long enough: readings every 15 s (the watch lane) must
+    not resolve or de-escalate an episode faster than two five-minute sweeps would."""
+    return since is not None and at - since >= rules.settle_after
+
+
 def _emit(
     kind: Kind,
     episode: Episode,
@@ -150,26 +158,30 @@ def apply(track: Track, obs: Observation, rules: AlertRules) -> tuple[Track, lis
     was_nodata = episode.status == Status.NODATA
     previous = episode.severity
     level = max(obs.level, Level.WARNING)  # never below WARNING while the episode is open
-    severity, calm_streak, calm_level = previous, 0, None
+    severity, calm_streak, calm_level, calm_since = previous, 0, None, None
     if level > previous:
         severity = level
     elif level < previous:
         calm_streak = episode.calm_streak + 1
         calm_level = level if episode.calm_level is None else max(episode.calm_level, level)
-        if calm_streak >= rules.clear_after:
-            severity, calm_streak, calm_level = calm_level, 0, None
+        calm_since = episode.calm_since if calm_streak > 1 else obs.at
+        if calm_streak >= rules.clear_after and _settled(calm_since, obs.at, rules):
+            severity, calm_streak, calm_level, calm_since = calm_level, 0, None, None
     clear_streak = episode.clear_streak + 1 if obs.is_clear else 0
+    clear_since = (episode.clear_since if clear_streak > 1 else obs.at) if clear_streak else None
     episode = replace(
         episode,
         status=Status.OPEN,
         clear_streak=clear_streak,
+        clear_since=clear_since,
         calm_streak=calm_streak,
         calm_level=calm_level,
+        calm_since=calm_since,
         severity=severity,
         peak_severity=max(episode.peak_severity, severity),
         reasons=obs.reasons if alarming else episode.reasons,
     )
-    if clear_streak >= rules.clear_after:
+    if clear_streak >= rules.clear_after and _settled(clear_since, obs.at, rules):
         # The episode resolves at the severity it had until now (the clear readings that
         # resolve it may also have de-escalated it, which would tell the pager "WARNING" about
         # an episode that was only ever CRITICAL), with this reading's (empty) reasons rather
@@ -205,7 +217,15 @@ def check_stale(
         return track, []
     if now - episode.freshness <= rules.stale_after:
         return track, []
-    stale = replace(episode, status=Status.NODATA, clear_streak=0, calm_streak=0, calm_level=None)
+    stale = replace(
+        episode,
+        status=Status.NODATA,
+        clear_streak=0,
+        clear_since=None,
+        calm_streak=0,
+        calm_level=None,
+        calm_since=None,
+    )
     stale, transition = _emit(Kind.NODATA, stale, None, now, episode.severity, "NODATA")
     return replace(track, episode=stale), [transition]
 

@@ -78,6 +78,10 @@ _THROTTLE_TOTALS = """
 SELECT ispb, policy, total FROM dict_ratelimit.throttle_counter
 """
 
+_OWN_CALLS = """
+SELECT ispb, call, total FROM dict_ratelimit.own_call_counter
+"""
+
 _NEWEST_READING = """
 SELECT max(last_reading_at) FROM dict_ratelimit.participant
 """
@@ -161,6 +165,7 @@ class DictRateLimitCollector(Collector):
             "outbox": self._outbox,
             "monitor": self._monitor,
             "throttling": self._throttling,
+            "own_calls": self._own_calls,
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -354,6 +359,18 @@ class DictRateLimitCollector(Collector):
         )
         for row in connection.execute(sa.text(_THROTTLE_TOTALS)):
             total.add_metric([row.ispb, row.policy], float(row.total))
+
+    def _own_calls(self, connection: Connection, f: _Families, now: float) -> None:
+        """The monitor's own DICT calls per participant (``increase(...[1h])``: its spend per
+        hour; each call costs a token of POLICIES_LIST or POLICIES_READ)."""
+        calls = f.counter(
+            "monitor_calls",
+            "DICT calls the monitor made (and got an answer to) per participant: list_policies "
+            "costs a POLICIES_LIST token, get_policy a POLICIES_READ token",
+            ["ispb", "call"],
+        )
+        for row in connection.execute(sa.text(_OWN_CALLS)):
+            calls.add_metric([row.ispb, row.call], float(row.total))
 
     def _participants(self, connection: Connection, f: _Families, now: float) -> None:
         """How long ago each participant's newest reading reached us (our clock)."""

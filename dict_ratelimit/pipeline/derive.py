@@ -29,6 +29,8 @@ from dict_ratelimit.storage.metrics import (
 #: Snapshots taken from the backlog per run: a tick has participants × 30; a backlog left by a
 #: long outage is worked off over several runs rather than in one huge transaction.
 BACKLOG_LIMIT = 200_000
+#: Key of the transaction-level advisory lock every derive step takes.
+DERIVE_LOCK = 0x0D1C7A1D
 
 
 @dataclass
@@ -84,6 +86,9 @@ def derive_backlog(
     report = DeriveReport(mode="backlog")
     started = time.perf_counter()
     with engine.begin() as connection:
+        # one derive step at a time (the tick and the watch lane): a policy's readings are
+        # computed in order, each with the previous one already stored
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
         keys, report.backlog_left = take_metric_backlog(connection, limit)
         pairs = load_pairs_for_keys(connection, keys) if keys else pd.DataFrame()
         report.timings["load_seconds"] = time.perf_counter() - started

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from dict_ratelimit.bridge.poller import PollResult
 from dict_ratelimit.domain.readings import ShapeChange, shape_changes, vanished_policies
@@ -20,6 +21,7 @@ class StoreReport:
 
     stored: StoredReadings = field(default_factory=StoredReadings)
     request_stats_rows: int = 0
+    own_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # ispb -> call -> n
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (ispb, policy)
     shape_changes: list[ShapeChange] = field(default_factory=list)
 
@@ -54,6 +56,8 @@ def store_sweep(
         report.request_stats_rows = store_request_stats(
             connection, result.request_stats_rows(), result.request_stats_windows()
         )
+        report.own_calls = own_calls(result)
+        count_own_calls(connection, report.own_calls)
         if result.request_stats:  # the next window starts where this one ended
             connection.exec_driver_sql(
                 "UPDATE dict_ratelimit.participant SET stats_until = %(at)s "
@@ -72,9 +76,43 @@ def store_sweep(
                 bridge_seconds=bridge_seconds,
                 duration_seconds=duration_seconds,
             )
-    report.vanished = vanished_policies(previous.last_sweep, readings, set(result.readings))
+    listed = {ispb for ispb, rows in result.readings.items() if rows and rows[0].source == "list"}
+    report.vanished = vanished_policies(previous.last_sweep, readings, listed)
     report.shape_changes = shape_changes(previous.shapes, readings)
     return report
+
+
+def own_calls(result: PollResult) -> dict[str, dict[str, int]]:
+    """The DICT calls the monitor made and got an answer to, per participant: one listing, or
+    one GetPolicy per policy read (a call that failed may have cost a token too: not counted)."""
+    calls: dict[str, dict[str, int]] = {}
+    for ispb, rows in result.readings.items():
+        if not rows:
+            continue
+        if rows[0].source == "list":
+            calls[ispb] = {"list_policies": 1}
+        else:
+            calls[ispb] = {"get_policy": len({row.policy for row in rows})}
+    return calls
+
+
+def count_own_calls(connection: Connection, calls: dict[str, dict[str, int]]) -> None:
+    """Add to the running totals the exporter reads (``own_call_counter``)."""
+    rows = [
+        {"ispb": ispb, "call": call, "n": n}
+        for ispb, by_call in sorted(calls.items())
+        for call, n in sorted(by_call.items())
+        if n
+    ]
+    if rows:
+        connection.execute(
+            sa.text(
+                "INSERT INTO dict_ratelimit.own_call_counter AS c (ispb, call, total) "
+                "VALUES (:ispb, :call, :n) "
+                "ON CONFLICT (ispb, call) DO UPDATE SET total = c.total + EXCLUDED.total"
+            ),
+            rows,
+        )
 
 
 def record_failed_sweep(

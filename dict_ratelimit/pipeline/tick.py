@@ -55,8 +55,10 @@ def process_sweep(
     clock: Clock,
     *,
     bridge_seconds: float = 0.0,
+    record: bool = True,
 ) -> tuple[StoreReport, DeriveReport, AlertReport, dict[str, float]]:
-    """Store a sweep, derive its metrics and levels, and apply them to the alerts."""
+    """Store readings (a sweep's, or the watch lane's with ``record=False``: not a sweep),
+    derive their metrics and levels, and apply them to the alerts."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     stored = store_sweep(
@@ -65,6 +67,7 @@ def process_sweep(
         participants=len(participants),
         bridge_seconds=bridge_seconds,
         duration_seconds=bridge_seconds,
+        record=record,
     )
     timings["store_seconds"] = time.perf_counter() - started
     mark = time.perf_counter()

@@ -179,6 +179,36 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
             _antiscan(900, 1500, 1.0, 0.8, 0.0),
         ],
     },
+    "key-scan": {
+        "name": "key-scan",
+        "description": "Normal lookups, then from 10 min a key scan (80 % 404s at three tokens "
+        "each) that empties the participant anti-scan bucket in about three minutes, between "
+        "two five-minute readings; it stops at 25 min.",
+        "traffic": [
+            *_everything(0.2),
+            _antiscan(0, 600, 0.4, 0.02, 0.5),
+            _antiscan(600, 1500, 0.54, 0.8, 0.0),
+            _antiscan(1500, 10**9, 0.4, 0.02, 0.5),
+        ],
+    },
+    "slow-leak": {
+        "name": "slow-leak",
+        "description": "ENTRIES_WRITE demand creeps up (1.05, 1.2, 1.5, 2 then 3 times its "
+        "refill, ten minutes each): half-full at about 38 min, empty at about 46 min.",
+        "traffic": [
+            *[t for t in _everything(0.2) if t["policy"] != "ENTRIES_WRITE"],
+            _antiscan(0, 10**9, 0.4, 0.02, 0.5),
+            *[
+                {
+                    "policy": "ENTRIES_WRITE",
+                    "from_s": i * 600,
+                    "to_s": (i + 1) * 600 if i < 4 else 10**9,
+                    "refill_factor": factor,
+                }
+                for i, factor in enumerate((1.05, 1.2, 1.5, 2.0, 3.0))
+            ],
+        ],
+    },
     "burst-recovery": {
         "name": "burst-recovery",
         "description": "Bursts on fast buckets (KEYS_CHECK, ENTRIES_UPDATE, CLAIMS_LIST_WITH_ROLE)"

@@ -60,7 +60,7 @@ SELECT t.ispb, t.policy, t.last_observed_at, t.category, t.fire_streak, t.last_r
        a.alert_key, a.category AS alert_category, a.opened_at, a.status, a.severity,
        a.peak_severity, a.last_observed_at AS alert_last_observed_at, a.lowest_remaining_ratio,
        a.lowest_available_tokens, a.severity_history, a.reasons, a.message, a.sequence,
-       a.clear_streak, a.calm_streak, a.calm_level,
+       a.clear_streak, a.calm_streak, a.calm_level, a.clear_since, a.calm_since,
        a.last_received_at AS alert_last_received_at
 FROM dict_ratelimit.alert_track AS t
 LEFT JOIN dict_ratelimit.alert AS a
@@ -122,6 +122,8 @@ def _episode(row: Any) -> Episode | None:
         clear_streak=row.clear_streak,
         calm_streak=row.calm_streak,
         calm_level=Level[row.calm_level] if row.calm_level else None,
+        clear_since=row.clear_since,
+        calm_since=row.calm_since,
         last_received_at=row.alert_last_received_at,
     )
 
@@ -195,12 +197,13 @@ _UPSERT_ALERT = """
 INSERT INTO dict_ratelimit.alert AS a (
     alert_key, ispb, policy, category, status, severity, peak_severity, opened_at, resolved_at,
     last_observed_at, lowest_remaining_ratio, lowest_available_tokens, severity_history,
-    reasons, message, sequence, clear_streak, calm_streak, calm_level, last_received_at)
+    reasons, message, sequence, clear_streak, calm_streak, calm_level, last_received_at,
+    clear_since, calm_since)
 VALUES (
     :alert_key, :ispb, :policy, :category, :status, :severity, :peak_severity, :opened_at,
     :resolved_at, :last_observed_at, :lowest_remaining_ratio, :lowest_available_tokens,
     CAST(:severity_history AS jsonb), CAST(:reasons AS jsonb), :message, :sequence,
-    :clear_streak, :calm_streak, :calm_level, :last_received_at)
+    :clear_streak, :calm_streak, :calm_level, :last_received_at, :clear_since, :calm_since)
 ON CONFLICT (alert_key) DO UPDATE SET
     category = EXCLUDED.category,
     status = EXCLUDED.status,
@@ -218,6 +221,8 @@ ON CONFLICT (alert_key) DO UPDATE SET
     calm_streak = EXCLUDED.calm_streak,
     calm_level = EXCLUDED.calm_level,
     last_received_at = EXCLUDED.last_received_at,
+    clear_since = EXCLUDED.clear_since,
+    calm_since = EXCLUDED.calm_since,
     updated_at = now()
 """
 
@@ -252,6 +257,8 @@ def _episode_params(episode: Episode) -> dict[str, Any]:
         "calm_streak": episode.calm_streak,
         "calm_level": episode.calm_level.name if episode.calm_level is not None else None,
         "last_received_at": episode.last_received_at,
+        "clear_since": episode.clear_since,
+        "calm_since": episode.calm_since,
     }
 
 
