@@ -1,15 +1,17 @@
 """Does a tick cost the same in month 13 as on day 1? Queries and ticks over stored history.
 
     .venv/bin/python bench/bench_history.py [--participants 10] [--history-policies 10]
-        [--months 13] [--older-step 300] [--repeat 5] [--plans docs/plans]
+        [--months 13] [--first-days 30] [--older-step 300] [--repeat 5] [--plans docs/plans]
 
-Starts its own embedded PostgreSQL (fsync on), loads ONE month of synthetic five-minute
-history by COPY (``bench/_history.py``: snapshots, metrics, evaluations, request counts,
-sweeps, alert history) for N participants, then measures:
+Starts its own embedded PostgreSQL (fsync on), measures ticks and queries on an empty
+database, then loads ``--first-days`` (30) of synthetic five-minute history by COPY
+(``bench/_history.py``: snapshots, metrics, evaluations, request counts, sweeps, alert
+history) for N participants into another database and measures again:
 
 - every query of the tick (previous readings, the store with its late-reading probe, the
-  metric pairs by key, the alert tracks and observations), the latest-state views and each
-  exporter query: median of ``--repeat`` runs, with realistic parameters (the newest sweep);
+  metric pairs by key, the alert tracks and observations), of the watch lane, the
+  latest-state views and each exporter query: median of ``--repeat`` runs, with realistic
+  parameters (the newest sweep);
 - whole ticks through the pipeline (sweep of all 28 listed policies against the simulator on
   loopback, store, derive, alerts): median and max of ``--repeat`` ticks, by stage;
 
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _database import bench_database  # bench/ is on sys.path when run as a script
+from _database import bench_server  # bench/ is on sys.path when run as a script
 from _history import load_history
 
 from dict_ratelimit.bridge.client import BridgeClient
@@ -47,9 +49,14 @@ from dict_ratelimit.simulator.server import start_server
 from dict_ratelimit.storage import alerts as alert_storage
 from dict_ratelimit.storage import metrics as metric_storage
 from dict_ratelimit.storage import snapshots as snapshot_storage
+from dict_ratelimit.storage import watch as watch_storage
 from dict_ratelimit.storage.partitions import apply_retention
 
 UTC = dt.timezone.utc
+
+
+class _Done(Exception):
+    """No older months to load: the measurements are complete."""
 
 
 def _queries(
@@ -84,6 +91,25 @@ def _queries(
         "exporter: counters": (collector._MONITOR_COUNTERS, {}),
         "exporter: outbox": (collector._OUTBOX, {}),
         "exporter: participant freshness": (collector._PARTICIPANT_FRESHNESS, {}),
+        "exporter: own calls": (collector._OWN_CALLS, {}),
+        "watch: bucket state": (
+            watch_storage._BUCKETS,
+            {"ispbs": ispbs, "low": newest - dt.timedelta(days=2), "high": newest},
+        ),
+        "watch: own calls (budget)": (
+            watch_storage._OWN_CALLS,
+            {
+                "ispbs": ispbs,
+                "low": newest - dt.timedelta(days=1, minutes=6),
+                "high": newest + dt.timedelta(days=1),
+                "list_policy": "POLICIES_LIST",
+                "since": newest - dt.timedelta(minutes=6),
+            },
+        ),
+        "watch: spend last hour": (
+            watch_storage._SPEND,
+            {"ispbs": ispbs, "since": newest - dt.timedelta(hours=1), "now": newest},
+        ),
     }
 
 
@@ -168,6 +194,7 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--history-policies", type=int, default=10)
     parser.add_argument("--months", type=int, default=13)
+    parser.add_argument("--first-days", type=int, default=30)
     parser.add_argument("--older-step", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--plans", type=Path, default=None)
@@ -176,21 +203,33 @@ def main() -> None:
     ispbs = [f"{20_000_000 + i:08d}" for i in range(args.participants)]
     policies = list(LISTED_POLICY_NAMES)[: args.history_policies]
     now = dt.datetime.now(UTC).replace(second=0, microsecond=0)
-    month_ago = now - dt.timedelta(days=30)
+    month_ago = now - dt.timedelta(days=args.first_days)
     oldest = dt.datetime.combine(
         add_months(month_start(now.date()), -args.months), dt.time(), tzinfo=UTC
     )
     results = []
-    with bench_database() as (_url, engine):
-        print(f"loading one month for {len(ispbs)} participants × {len(policies)} policies",
-              file=sys.stderr)  # fmt: skip
-        loaded = load_history(engine, ispbs, month_ago, now, policies=policies)
-        clock = ManualClock(now)
+    with bench_server() as database:
+        _, empty = database("empty")
+        _, engine = database("bench")
+        clock = ManualClock(now - dt.timedelta(hours=1))
         sim = Simulator(dict.fromkeys(ispbs, "A"), load_scenario("steady"), clock)
         server, port, _ = start_server(sim, max_workers=32)
         try:
             with BridgeClient(f"127.0.0.1:{port}", deadline_seconds=30) as client:
-                results.append(measure(engine, ispbs, sim, clock, client, args.repeat, "1 month"))
+                # on an empty database: ticks an hour before the history's end (its readings
+                # are then deleted, so the history loads as it would on a new install)
+                results.append(measure(empty, ispbs, sim, clock, client, args.repeat, "empty"))
+                print(f"loading {args.first_days} days for {len(ispbs)} participants × "
+                      f"{len(policies)} policies", file=sys.stderr)  # fmt: skip
+                loaded = load_history(engine, ispbs, month_ago, now, policies=policies)
+                clock.advance((now - clock.now()).total_seconds())
+                results.append(
+                    measure(
+                        engine, ispbs, sim, clock, client, args.repeat, f"{args.first_days} days"
+                    )
+                )
+                if args.months <= 1:
+                    raise _Done
                 print(f"loading {args.months - 1} older months (step {args.older_step} s)",
                       file=sys.stderr)  # fmt: skip
                 more = load_history(engine, ispbs, oldest, month_ago, policies=policies,
@@ -200,6 +239,8 @@ def main() -> None:
                 results.append(
                     measure(engine, ispbs, sim, clock, client, args.repeat, f"{args.months} months")
                 )
+        except _Done:
+            pass
         finally:
             server.stop(None)
         with engine.connect() as connection:
@@ -211,8 +252,10 @@ def main() -> None:
                 {"t": dt.datetime.combine(add_months(oldest.date(), 1), dt.time(), tzinfo=UTC)},
             ).scalar()
         today = now.date()
-        policy = RetentionPolicy(retention_months=args.months - 1)
-        drop = apply_retention(engine, policy, today)
+        drop = None
+        if args.months > 1:
+            policy = RetentionPolicy(retention_months=args.months - 1)
+            drop = apply_retention(engine, policy, today)
         if args.plans is not None:
             args.plans.mkdir(parents=True, exist_ok=True)
             last = results[-1]
@@ -232,28 +275,35 @@ def main() -> None:
         f"\nhistory: {loaded['policy_snapshot']:,} snapshots ({loaded['policy_metric']:,} "
         f"metric, {loaded['threshold_evaluation']:,} evaluation rows), database {size}\n"
     )
-    first, last = results
+    labels = [r["label"] for r in results]
+    base, last = results[0], results[-1]
     print(
-        f"| query ({args.participants} participants) | {first['label']} | {last['label']} | ratio |"
+        f"| query ({args.participants} participants) | "
+        + " | ".join(labels)
+        + f" | {labels[-1]} / {labels[1]} | {labels[-1]} / {labels[0]} |"
     )
-    print("|---|---:|---:|---:|")
-    for name, value in first["queries"].items():
-        later = last["queries"][name]
-        ratio = later / value if value else float("nan")
-        print(f"| {name} | {value * 1000:.1f} ms | {later * 1000:.1f} ms | {ratio:.2f} |")
+    print("|---|" + "---:|" * (len(results) + 2))
+    for name, value in base["queries"].items():
+        cells = " | ".join(f"{r['queries'][name] * 1000:.1f} ms" for r in results)
+        later, loaded_first = last["queries"][name], results[1]["queries"][name]
+        print(f"| {name} | {cells} | {later / loaded_first:.2f} | {later / value:.2f} |")
     for key, title in (
         ("tick_total_median", "whole tick, median"),
         ("tick_total_max", "whole tick, max"),
     ):
-        ratio = last[key] / first[key]
-        print(f"| **{title}** | {first[key]:.3f} s | {last[key]:.3f} s | {ratio:.2f} |")
-    locks = drop.parent_lock_seconds
-    print(
-        f"\nretention dropped {len(drop.dropped)} partitions of the oldest month "
-        f"({month_rows:,} snapshots in it): parents locked max "
-        f"{max(locks.values(), default=0) * 1000:.1f} ms (DETACH CONCURRENTLY), "
-        f"drops {sum(drop.drop_seconds.values()) * 1000:.0f} ms in all"
-    )
+        cells = " | ".join(f"{r[key]:.3f} s" for r in results)
+        print(
+            f"| **{title}** | {cells} | {last[key] / results[1][key]:.2f} | "
+            f"{last[key] / base[key]:.2f} |"
+        )
+    if drop is not None:
+        locks = drop.parent_lock_seconds
+        print(
+            f"\nretention dropped {len(drop.dropped)} partitions of the oldest month "
+            f"({month_rows:,} snapshots in it): parents locked max "
+            f"{max(locks.values(), default=0) * 1000:.1f} ms (DETACH CONCURRENTLY), "
+            f"drops {sum(drop.drop_seconds.values()) * 1000:.0f} ms in all"
+        )
 
 
 if __name__ == "__main__":
