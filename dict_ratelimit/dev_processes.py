@@ -38,8 +38,12 @@ def stop_process_group(process: subprocess.Popen) -> None:  # type: ignore[type-
         process.send_signal(signal.SIGINT)
         process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
+        args = process.args if isinstance(process.args, list) else [process.args]
         log.warning(
-            "pid %s did not stop within %ss; terminating it", process.pid, STOP_GRACE_SECONDS
+            "pid %s (%s) did not stop within %ss; terminating it",
+            process.pid,
+            " ".join(str(a) for a in args)[:80],
+            STOP_GRACE_SECONDS,
         )
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

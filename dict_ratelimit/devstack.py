@@ -172,6 +172,14 @@ def start_exporter_process(settings: Settings, env: dict[str, str]) -> tuple[sub
 def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
     """Bring the system up and block until interrupted; returns Dagster's exit code."""
     t0 = time.monotonic()
+    # Started in the background (`&`, nohup) a shell makes SIGINT ignored, and an ignored signal
+    # stays ignored across exec: Dagster and the broker would ignore our Ctrl-C and be killed
+    # only after their grace period. Our children get the default disposition back.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(
+                sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            )
     url, server = application_database(settings)
     children: list[subprocess.Popen] = []
     session = new_session()

@@ -134,6 +134,9 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as a shell starts `scripts/dev &`: SIGINT ignored, which exec would pass on to
+        # Dagster and the broker (they would then wait out their grace period)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         early = _wait_for_line(process, "Dagster UI ready at", READY_TIMEOUT)
@@ -147,7 +150,7 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
         assert "retention_job" in {job["name"] for job in repository["jobs"]}
         schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
         assert schedules["retention_daily"] == "RUNNING"
-        assert schedules["monitor_every_5_minutes"] == "RUNNING"
+        assert schedules["monitor_sweeps"] == "RUNNING"
         assert schedules["alert_watchdog"] == "RUNNING"
         sensors = _graphql(
             port,
@@ -224,6 +227,8 @@ def test_dev_serves_dagster_on_embedded_postgres_and_ctrl_c_stops_it(tmp_path: P
     assert f"Prometheus exporter: http://127.0.0.1:{exporter_port}/metrics" in "".join(early)
     assert "Pulsar (embedded pulsar-lite): pulsar://127.0.0.1:" in "".join(early)
     assert _processes_of(data_dir) == []  # nothing left behind, code server included
+    # every child heard the Ctrl-C itself
+    assert [line for line in output.splitlines() if "did not stop within" in line] == []
     assert re.search(r"cancelled \d+ run\(s\) in progress", output), output[-3000:]
     if embedded:
         assert "embedded PostgreSQL stopped" in output

@@ -194,7 +194,7 @@ def test_metadata_names_the_worst_policy(sim: RunningSimulator, db_url: URL) -> 
 
 def test_monitor_schedule_skips_while_a_monitor_run_is_active() -> None:
     definitions = build_definitions()
-    schedule = definitions.resolve_schedule_def("monitor_every_5_minutes")
+    schedule = definitions.resolve_schedule_def("monitor_sweeps")
     with dg.instance_for_test() as instance:
         when = before_next_midnight(START, 5)
         context = dg.build_schedule_context(

@@ -48,12 +48,13 @@ def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
     it), and skips while a monitor run is still queued or running."""
 
     @dg.schedule(
-        name="monitor_every_5_minutes",
+        name="monitor_sweeps",
         job=monitor_job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Monitor tick ({cron}, UTC).",
+        description=f"Monitor sweep and its metrics and alerts, cron {cron} (UTC; "
+        "DICT_RATELIMIT_MONITOR_CRON).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
         active = context.instance.get_runs_count(

@@ -12,7 +12,8 @@ paying a process launch (seconds) before its first read; a sensor tick is evalua
 server in milliseconds, cannot overlap itself, and shows in the UI with its reason. A round that
 read something records materializations of ``policy_snapshots``, the day's metrics partition
 and (on a transition) ``alerts``, tagged ``source: watch``, so the lineage and the asset history
-show every reading the lane took; a round with nothing hot is a skip that says why.
+show every reading the lane took. Dagster files every tick without a run request as SKIPPED;
+its reason says what the round did: "read (no run): …" or "nothing read: …".
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def watch_sensor(interval_seconds: int = 15, enabled: bool = True) -> dg.SensorD
         if not events:
             return dg.SensorResult(skip_reason=f"nothing read: {summary}")
         context.log.info(f"watch lane: {summary}")
-        return dg.SensorResult(asset_events=events)
+        # Dagster 1.13 files a tick without run requests as SKIPPED whatever it did; the
+        # reason then says what was read, instead of "Sensor function returned an empty result"
+        return dg.SensorResult(asset_events=events, skip_reason=f"read (no run): {summary}")
 
     return _sensor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
+import threading
 from concurrent import futures
 
 import grpc
@@ -89,7 +89,11 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
         malformed = None
         for fault in self.faults.take(participant):
             if fault.kind is FaultKind.DELAY:
-                time.sleep(fault.delay_ms / 1000)
+                # ends early when the call ends (the caller's deadline, or the server stopping):
+                # a sleeping worker thread would hold the process for the whole delay
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                ended.wait(fault.delay_ms / 1000)
             elif fault.kind is FaultKind.UNAVAILABLE:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "DICT answered 503 (injected)")
             elif fault.kind is FaultKind.RESOURCE_EXHAUSTED:
