@@ -51,6 +51,7 @@ from dict_ratelimit.storage import metrics as metric_storage
 from dict_ratelimit.storage import snapshots as snapshot_storage
 from dict_ratelimit.storage import watch as watch_storage
 from dict_ratelimit.storage.partitions import apply_retention
+from dict_ratelimit.storage.queues import key_parameters
 
 UTC = dt.timezone.utc
 
@@ -62,16 +63,8 @@ class _Done(Exception):
 def _queries(
     ispbs: list[str], keys: list[tuple[str, str, dt.datetime]]
 ) -> dict[str, tuple[str, dict]]:
-    times = [k[2] for k in keys]
-    newest = max(times)
-    by_key = {
-        "ispbs": [k[0] for k in keys],
-        "policies": [k[1] for k in keys],
-        "times": times,
-        "first": min(times),
-        "last": max(times),
-        "low": min(times) - dt.timedelta(days=1),
-    }
+    by_key = key_parameters(keys)
+    newest = by_key["last"]
     return {
         "tick: previous readings": (
             snapshot_storage._PREVIOUS_READINGS,
@@ -79,7 +72,10 @@ def _queries(
         ),
         "tick: metric pairs by key": (metric_storage._BY_KEYS, by_key),
         "tick: alert tracks": (alert_storage._TRACKS, {}),
-        "tick: alert observations by key": (alert_storage._OBSERVATIONS, by_key),
+        **{
+            f"tick: alert observations by key ({table})": (sql, by_key)
+            for table, sql in alert_storage.OBSERVATION_READS.items()
+        },
         "view: latest_policy_health": ("SELECT * FROM dict_ratelimit.latest_policy_health", {}),
         "exporter: latest per policy": (
             collector._LATEST,

@@ -22,6 +22,7 @@ from dict_ratelimit.pipeline.derive import derive_backlog
 from dict_ratelimit.storage import alerts as alert_storage
 from dict_ratelimit.storage import metrics as metric_storage
 from dict_ratelimit.storage import snapshots as snapshot_storage
+from dict_ratelimit.storage.queues import key_parameters
 from dict_ratelimit.storage.ticks import record_tick
 from dict_ratelimit_tests.helpers import reading
 from dict_ratelimit_tests.timebase import base_time
@@ -112,15 +113,7 @@ def test_the_tick_queries_read_only_recent_partitions(history: Engine) -> None:
     with history.connect() as connection:
         keys = _latest_keys(connection)
         assert keys
-        times = [key[2] for key in keys]
-        key_params = {
-            "ispbs": [k[0] for k in keys],
-            "policies": [k[1] for k in keys],
-            "times": times,
-            "first": min(times),
-            "last": max(times),
-            "low": min(times) - dt.timedelta(days=1),
-        }
+        key_params = key_parameters(keys)
         checks = {
             "previous readings": (
                 snapshot_storage._PREVIOUS_READINGS,
@@ -131,7 +124,10 @@ def test_the_tick_queries_read_only_recent_partitions(history: Engine) -> None:
                 },
             ),
             "pairs by key": (metric_storage._BY_KEYS, key_params),
-            "alert observations": (alert_storage._OBSERVATIONS, key_params),
+            **{
+                f"alert observations: {table}": (sql, key_params)
+                for table, sql in alert_storage.OBSERVATION_READS.items()
+            },
         }
         for name, (sql, params) in checks.items():
             executed = _executed_partitions(connection, sql, params)

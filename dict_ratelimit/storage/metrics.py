@@ -27,8 +27,7 @@ from dict_ratelimit.storage.bulk import (
     stage_frame,
     stage_rows,
 )
-
-Key = tuple[str, str, dt.datetime]  # (ispb, policy, response_time)
+from dict_ratelimit.storage.queues import Key, key_parameters, take_keys
 
 _SNAPSHOT_FIELDS = (
     "{a}.ispb, {a}.policy, {a}.response_time, {a}.available_tokens, {a}.capacity, "
@@ -154,21 +153,7 @@ _PAIR_DATES = ("response_time", "prev_response_time", "throttled_since")
 
 def load_pairs_for_keys(connection: Connection, keys: Sequence[Key]) -> pd.DataFrame:
     """The snapshots named by ``keys`` with their previous reading (see the module doc)."""
-    times = [key[2] for key in keys]
-    first, last = (min(times), max(times)) if times else (None, None)
-    return read_frame(
-        connection,
-        _BY_KEYS,
-        {
-            "ispbs": [key[0] for key in keys],
-            "policies": [key[1] for key in keys],
-            "times": times,
-            "first": first,
-            "last": last,
-            "low": (first - dt.timedelta(days=1)) if first else None,
-        },
-        parse_dates=_PAIR_DATES,
-    )
+    return read_frame(connection, _BY_KEYS, key_parameters(keys), parse_dates=_PAIR_DATES)
 
 
 def load_window_pairs(connection: Connection, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
@@ -184,17 +169,9 @@ def load_window_pairs(connection: Connection, start: dt.datetime, end: dt.dateti
 def take_metric_backlog(connection: Connection, limit: int) -> tuple[list[Key], int]:
     """Remove up to ``limit`` keys (oldest first) from ``metric_backlog``, in the caller's
     transaction (a failure puts them back); returns them and how many still wait."""
-    rows = connection.exec_driver_sql(
-        "DELETE FROM dict_ratelimit.metric_backlog AS b USING ("
-        "  SELECT ispb, policy, response_time FROM dict_ratelimit.metric_backlog"
-        "  ORDER BY response_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS pick "
-        "WHERE b.ispb = pick.ispb AND b.policy = pick.policy "
-        "AND b.response_time = pick.response_time "
-        "RETURNING b.ispb, b.policy, b.response_time",
-        {"limit": limit},
-    ).fetchall()
+    keys = take_keys(connection, "metric_backlog", limit)
     left = connection.exec_driver_sql("SELECT count(*) FROM dict_ratelimit.metric_backlog").scalar()
-    return [(row[0], row[1], row[2]) for row in rows], int(left or 0)
+    return keys, int(left or 0)
 
 
 def queue_for_alerts(connection: Connection, frame: pd.DataFrame) -> int:
