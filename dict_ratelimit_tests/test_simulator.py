@@ -97,6 +97,38 @@ def test_replay_is_deterministic() -> None:
     assert first and first == run()
 
 
+def test_consecutive_count_windows_count_every_slot_once() -> None:
+    """Windows of the Bridge's counts, asked every five minutes for two and a half hours (past
+    the counts' two-hour retention), add up to what DICT answered, slot by slot."""
+    clock = ManualClock(START)
+    simulator = Simulator({"12345678": "A"}, load_scenario("scan-attack"), clock)
+    window = dt.timedelta(minutes=5)
+    summed: dict[str, dict[int, int]] = {}
+    for _ in range(30):
+        clock.advance(window.total_seconds())
+        _, _, totals = simulator.request_stats("12345678", window)
+        for policy, counts in totals.items():
+            for status, n in counts.items():
+                summed.setdefault(policy, {}).setdefault(status, 0)
+                summed[policy][status] += n
+    truth: dict[str, dict[int, int]] = {}
+    newest = simulator.participants["12345678"].stats
+    for policy, series in newest.items():
+        for slot, by_status in series:
+            if (slot + 1) * 10 <= 30 * window.total_seconds():  # slots that ended
+                for status, n in by_status.items():
+                    truth.setdefault(policy, {}).setdefault(status, 0)
+                    truth[policy][status] += n
+    retained_from = min(slot for series in newest.values() for slot, _ in series)
+    assert retained_from > 0  # the oldest slots were dropped: the windows still counted them
+    assert summed[ANTISCAN][429] > 0
+    for policy, counts in truth.items():  # the retained slots: never counted twice or missed
+        for status, n in counts.items():
+            assert summed[policy][status] >= n
+    total_429 = sum(i.rejected for i in simulator.buckets("12345678")[ANTISCAN].intervals)
+    assert summed[ANTISCAN][429] == total_429  # every 429 of the run, each once
+
+
 def test_category_downgrade_changes_the_buckets_mid_run() -> None:
     with running_simulator({"12345678": "A"}, "category-downgrade") as sim, sim.client() as c:
         sim.advance(899)

@@ -304,8 +304,11 @@ class Simulator:
             totals: dict[str, dict[int, int]] = {}
             for policy, series in participant.stats.items():
                 counts: dict[int, int] = defaultdict(int)
-                for slot, by_status in series:
-                    if start < (slot + 1) * STATS_SLOT_SECONDS <= end:
+                for slot, by_status in reversed(series):  # newest first: stop at the window
+                    slot_end = (slot + 1) * STATS_SLOT_SECONDS
+                    if slot_end <= start:
+                        break
+                    if slot_end <= end:
                         for status, n in by_status.items():
                             counts[status] += n
                 if counts:
