@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, Engine
 
-from dict_ratelimit.settings import project_root
+from dict_ratelimit.settings import PACKAGE_DIR
 from dict_ratelimit.storage.database import create_db_engine, normalize_url
 from dict_ratelimit.storage.embedded import EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
@@ -31,7 +31,7 @@ def bench_server() -> Iterator[DatabaseFactory]:
             engine = create_db_engine(url)
             engines.append(engine)
             if schema:
-                migrate(url, project_root() / "sql", engine)
+                migrate(url, PACKAGE_DIR / "migrations", engine)
             return url, engine
 
         try:

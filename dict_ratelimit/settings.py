@@ -36,7 +36,7 @@ SECRET_FIELDS = {"database_url", "bridge_token", "bridge_tls_client_key", "pulsa
 def project_root() -> Path:
     """The source checkout when installed in editable mode, else the working directory."""
     candidate = PACKAGE_DIR.parent
-    if (candidate / "pyproject.toml").is_file() and (candidate / "sql").is_dir():
+    if (candidate / "pyproject.toml").is_file() and (candidate / "workspace.yaml").is_file():
         return candidate
     return Path.cwd()
 
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=lambda: project_root() / ".data")
     connect_timeout_seconds: int = Field(default=5, ge=1, le=120)
-    migrations_dir: Path = Field(default_factory=lambda: project_root() / "sql")
+    migrations_dir: Path = Field(default_factory=lambda: PACKAGE_DIR / "migrations")
     dagster_db_name: str = Field(
         default="dagster",
         validation_alias=AliasChoices("DAGSTER_PG_DB", f"{PREFIX}DAGSTER_DB_NAME"),

