@@ -6,19 +6,30 @@ every pod unprivileged."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from dict_ratelimit.settings import PACKAGE_DIR
+from dict_ratelimit.defs.tags import SERIAL_TAG
+from dict_ratelimit.settings import (
+    PACKAGE_DIR,
+    PREFIX,
+    SECRET_FIELDS,
+    Settings,
+    load_settings,
+    variable_name,
+)
 from dict_ratelimit_tests.prometheus_tools import tool
 
 DEPLOY = PACKAGE_DIR.parent / "deploy"
@@ -209,7 +220,8 @@ def test_no_secret_is_inline_and_the_image_is_the_packages_version() -> None:
     assert not [doc for _, doc in _documents() if doc["kind"] == "Secret"]
     for name, pod in _pod_specs():
         for container in pod["containers"]:
-            assert container["image"] == f"dict-ratelimit:{version}", name
+            if container["image"].startswith("dict-ratelimit:"):
+                assert container["image"] == f"dict-ratelimit:{version}", name
             for variable in container.get("env", []):
                 if variable["name"] in ("DATABASE_URL",) or variable["name"].endswith(
                     ("_TOKEN", "_KEY", "_PASSWORD")
@@ -223,11 +235,55 @@ def test_every_pod_runs_unprivileged() -> None:
     assert pods
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        assert pod["securityContext"]["runAsUser"] == 10001, name  # the image's user
+        assert pod["securityContext"]["runAsUser"] != 0, name
         assert pod["automountServiceAccountToken"] is False, name
         for container in pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, name
-            assert context["readOnlyRootFilesystem"] is True, name
+            if container["image"].startswith("dict-ratelimit:"):
+                assert pod["securityContext"]["runAsUser"] == 10001, name  # the image's user
+                assert context["readOnlyRootFilesystem"] is True, name
             assert context["capabilities"]["drop"] == ["ALL"], name
             assert "memory" in container["resources"]["limits"], name
+
+
+def _dagster_values() -> dict[str, Any]:
+    return yaml.safe_load((KUBERNETES / "helm" / "dagster-values.yaml").read_text())
+
+
+def test_the_dagster_chart_values_agree_with_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the chart cannot check for us: the code location, the serial tag, the image, and
+    that every setting given is one of ours, valid, and secret only through a Secret."""
+    values = _dagster_values()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    flag, module = deployment["dagsterApiGrpcArgs"]
+    assert flag == "-m"
+    assert isinstance(importlib.import_module(module).defs, dg.Definitions)
+    assert deployment["image"]["tag"] == importlib.metadata.version("dict-ratelimit")
+    assert deployment["podSecurityContext"]["runAsUser"] == 10001
+
+    limits = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    ((key, value),) = SERIAL_TAG.items()
+    assert {"key": key, "value": value, "limit": 1} in limits["tagConcurrencyLimits"]
+
+    known = {variable_name(name) for name in Settings.model_fields}
+    secret = {variable_name(name) for name in SECRET_FIELDS}
+    (mount,) = deployment["volumeMounts"]
+    env = deployment["env"]
+    assert set(env) <= known, set(env) - known
+    for name, text in env.items():
+        if name in secret:  # only as a path to the mounted certificate Secret
+            assert text.startswith(mount["mountPath"] + "/"), name
+    assert {s["name"] for s in deployment["envSecrets"]} == {"dict-ratelimit-env"}
+    assert deployment["volumes"][0]["secret"]["secretName"] == "dict-ratelimit-mtls"
+
+    for name in list(os.environ):
+        if name.startswith(PREFIX) or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:secret@postgres.example.internal/dict")
+    monkeypatch.setenv(f"{PREFIX}BRIDGE_TOKEN", "token-from-the-secret")
+    settings = load_settings()  # raises SettingsError, naming the variable, if one is invalid
+    assert settings.participants == ["12345678"]
+    assert settings.bridge_tls and settings.watch
