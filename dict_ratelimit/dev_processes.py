@@ -74,9 +74,21 @@ def session_processes(session: str) -> list[int]:
     return found
 
 
+def _command(pid: int) -> str:
+    """A short name of a process's command line (for the log), '?' when unreadable."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [word.decode(errors="replace") for word in argv if word][:4]
+    text = " ".join(Path(w).name if i == 0 else w for i, w in enumerate(words))
+    return " ".join(text.split())[:80] or "?"
+
+
 def stop_session_stragglers(session: str, grace: float = 5.0) -> list[int]:
     """SIGTERM, then SIGKILL, every process still carrying the session id; returns them."""
     stragglers = session_processes(session)
+    names = {pid: _command(pid) for pid in stragglers}
     for pid in stragglers:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -86,7 +98,12 @@ def stop_session_stragglers(session: str, grace: float = 5.0) -> list[int]:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
     if stragglers:
-        log.warning("stopped %d process(es) left behind: %s", len(stragglers), stragglers)
+        # expected: `dagster dev` does not stop its code server; naming them is enough
+        log.info(
+            "stopped %d process(es) Dagster left running: %s",
+            len(stragglers),
+            ", ".join(f"{pid} ({names.get(pid, '?')})" for pid in stragglers),
+        )
     return stragglers
 
 
