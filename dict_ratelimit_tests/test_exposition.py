@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
+from dict_ratelimit.exporter.collector import _add
 from dict_ratelimit.exporter.exposition import render
 
 
@@ -27,7 +28,15 @@ def families() -> list:
     counter.add_metric(["unavailable"], 3)
     plain = GaugeMetricFamily("dict_rate_limit_exporter_database_up", "up")
     plain.add_metric([], 1)
-    return [gauge, counter, plain]
+    # as the collector fills its policy families: one labels dict per policy, shared by
+    # several families (the exposition renders each dict once)
+    capacity = GaugeMetricFamily("dict_rate_limit_capacity", "capacity", labels=["ispb", "policy"])
+    level = GaugeMetricFamily("dict_rate_limit_level", "level", labels=["ispb", "policy"])
+    for n, policy in enumerate(("KEYS_CHECK", 'odd "value"\\ \n here', "ENTRIES_WRITE")):
+        shared = {"ispb": "87654321", "policy": policy}
+        _add(capacity, shared, 100.0 + n)
+        _add(level, shared, float(n))
+    return [gauge, counter, plain, capacity, level]
 
 
 def parsed(text: str) -> list[tuple]:
@@ -50,4 +59,4 @@ def test_render_parses_like_generate_latest() -> None:
     registry.register(_Registry())
     expected = parsed(generate_latest(registry).decode())
     assert parsed(render(families()).decode()) == expected
-    assert len(expected) == 8
+    assert len(expected) == 14

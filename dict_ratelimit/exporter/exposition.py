@@ -37,13 +37,19 @@ def render(families: Iterable[Metric]) -> bytes:
     """HELP and TYPE lines, then one line per sample, family by family."""
     lines: list[str] = []
     append = lines.append
+    # A policy's samples share one labels dict (collector.py): render it once. Keyed by id,
+    # valid while the families (which hold the dicts) are alive, i.e. during this call.
+    rendered: dict[int, str] = {}
     for family in families:
         name = family.name + "_total" if family.type == "counter" else family.name
         documentation = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
         append(f"# HELP {name} {documentation}\n# TYPE {name} {family.type}\n")
         for sample in family.samples:
             if sample.labels:
-                labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sample.labels.items())
+                labels = rendered.get(id(sample.labels))
+                if labels is None:
+                    labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sample.labels.items())
+                    rendered[id(sample.labels)] = labels
                 append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
             else:
                 append(f"{sample.name} {_number(sample.value)}\n")
