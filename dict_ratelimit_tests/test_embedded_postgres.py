@@ -8,9 +8,11 @@ import pwd
 import shutil
 import signal
 import site
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from dict_ratelimit.storage import embedded
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, privilege_prefix
 
@@ -304,3 +307,36 @@ def test_after_a_kill_9_it_comes_back_on_its_port_and_clients_reconnect(
         assert time.monotonic() - started < 30
     finally:
         engine.dispose()
+
+
+def _hold(port: int) -> socket.socket:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    return holder
+
+
+def test_a_start_waits_for_its_port_to_be_released(server: EmbeddedPostgres) -> None:
+    """The previous start's port still held for a moment (a crashed server's children exiting)
+    is waited for, so clients configured with it keep working."""
+    port = server.ensure_running().port
+    server.stop_server()
+    holder = _hold(port)
+    threading.Timer(1.5, holder.close).start()
+    restarted = server.ensure_running()
+    assert restarted.started_here and restarted.port == port
+
+
+def test_a_port_taken_for_good_is_replaced_and_said(
+    server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(embedded, "PORT_RELEASE_SECONDS", 0.5)
+    port = server.ensure_running().port
+    server.stop_server()
+    with _hold(port):
+        restarted = server.ensure_running()
+    assert restarted.port != port
+    assert f"port {port} of the previous start is taken: using another" in caplog.text
+    server.stop_server()
+    assert server.ensure_running().port == restarted.port  # the new one is remembered

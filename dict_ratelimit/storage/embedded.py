@@ -61,6 +61,8 @@ host    all     all     127.0.0.1/32    scram-sha-256
 host    all     all     ::1/128         scram-sha-256
 """
 STOP_TIMEOUT_SECONDS = 30
+#: How long a start waits for the previous start's port to be released before taking another.
+PORT_RELEASE_SECONDS = 10
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -449,6 +451,11 @@ class EmbeddedPostgres:
             remembered = int(self.port_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             remembered = 0
+        # After a crash, the dead postmaster's children can hold its socket for a moment
+        # while they notice and exit: wait for them rather than move the server elsewhere.
+        deadline = time.monotonic() + PORT_RELEASE_SECONDS
+        while remembered and not port_is_free(remembered) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if remembered and port_is_free(remembered):
             return remembered
         if remembered:
