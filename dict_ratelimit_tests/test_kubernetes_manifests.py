@@ -44,88 +44,92 @@ _METADATA = {
     "required": ["name"],
     "properties": {"name": {"type": "string"}, "labels": _STRING_MAP},
 }
-#: The fields of the Prometheus Operator CRDs (monitoring.coreos.com/v1) that we set, with
-#: their types and formats as the CRDs declare them; anything else is refused.
-CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
-    "ServiceMonitor": {
+
+
+def _custom_resource(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A monitoring.coreos.com/v1 object of ``kind`` whose spec matches ``spec``."""
+    return {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata", "spec"],
         "properties": {
             "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "ServiceMonitor"},
+            "kind": {"const": kind},
             "metadata": _METADATA,
-            "spec": {
-                "type": "object",
-                "required": ["selector", "endpoints"],
-                "additionalProperties": False,
-                "properties": {
-                    "selector": {
+            "spec": spec,
+        },
+    }
+
+
+#: The fields of the Prometheus Operator CRDs (monitoring.coreos.com/v1) that we set, with
+#: their types and formats as the CRDs declare them; anything else is refused.
+CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": _custom_resource(
+        "ServiceMonitor",
+        {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "properties": {"matchLabels": _STRING_MAP},
+                    "additionalProperties": False,
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
                         "type": "object",
-                        "properties": {"matchLabels": _STRING_MAP},
                         "additionalProperties": False,
-                    },
-                    "endpoints": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "port": {"type": "string"},
-                                "path": {"type": "string"},
-                                "interval": _DURATION,
-                                "scrapeTimeout": _DURATION,
-                            },
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
                         },
                     },
                 },
             },
         },
-    },
-    "PrometheusRule": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"},
-            "kind": {"const": "PrometheusRule"},
-            "metadata": _METADATA,
-            "spec": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "groups": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["name", "rules"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1},
-                                "interval": _DURATION,
-                                "rules": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["expr"],
-                                        "additionalProperties": False,
-                                        "properties": {
-                                            "alert": {"type": "string"},
-                                            "record": {"type": "string"},
-                                            "expr": {"type": "string"},
-                                            "for": _DURATION,
-                                            "keep_firing_for": _DURATION,
-                                            "labels": _STRING_MAP,
-                                            "annotations": _STRING_MAP,
-                                        },
+    ),
+    "PrometheusRule": _custom_resource(
+        "PrometheusRule",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": _DURATION,
+                                        "keep_firing_for": _DURATION,
+                                        "labels": _STRING_MAP,
+                                        "annotations": _STRING_MAP,
                                     },
                                 },
                             },
                         },
-                    }
-                },
+                    },
+                }
             },
         },
-    },
+    ),
 }
 
 

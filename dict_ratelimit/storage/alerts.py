@@ -35,7 +35,7 @@ from dict_ratelimit.domain.alerts import (
 from dict_ratelimit.domain.thresholds import Level
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE, event_type, to_cloudevent
 from dict_ratelimit.storage.bulk import stage_rows
-from dict_ratelimit.storage.queues import key_parameters, take_keys
+from dict_ratelimit.storage.queues import KEYS_CTE, key_parameters, take_keys
 
 #: Key of the transaction-level advisory lock every alert writer takes.
 ALERTS_LOCK = 0x0D1C7A1E
@@ -73,14 +73,11 @@ LEFT JOIN dict_ratelimit.alert AS a
 # where a sweep's readings share one time, nest index probes on the time alone: 10,000 keys took
 # 45 s; a single join of the keys with one table is a hash join or an exact probe whatever the
 # statistics say.) The constant bounds (the keys' oldest and newest time) prune the partitions.
-_KEYED_READ = """
-WITH keys AS (
-    SELECT * FROM unnest(%(ispbs)s::char(8)[], %(policies)s::text[], %(times)s::timestamptz[])
-        WITH ORDINALITY AS k(ispb, policy, response_time, n)
-)
-SELECT k.n, {columns}
+_KEYED_READ = f"""
+WITH {KEYS_CTE}
+SELECT k.n, {{columns}}
 FROM keys AS k
-JOIN dict_ratelimit.{table} AS x
+JOIN dict_ratelimit.{{table}} AS x
   ON x.ispb = k.ispb AND x.policy = k.policy AND x.response_time = k.response_time
  AND x.response_time BETWEEN %(first)s AND %(last)s
 """

@@ -27,7 +27,7 @@ from dict_ratelimit.storage.bulk import (
     stage_frame,
     stage_rows,
 )
-from dict_ratelimit.storage.queues import Key, key_parameters, take_keys
+from dict_ratelimit.storage.queues import KEYS_CTE, Key, key_parameters, take_keys
 
 _SNAPSHOT_FIELDS = (
     "{a}.ispb, {a}.policy, {a}.response_time, {a}.available_tokens, {a}.capacity, "
@@ -92,10 +92,7 @@ LEFT JOIN dict_ratelimit.policy_request_stats AS rs
 """
 
 _BY_KEYS = f"""
-WITH keys AS (
-    SELECT * FROM unnest(%(ispbs)s::char(8)[], %(policies)s::text[], %(times)s::timestamptz[])
-        AS k(ispb, policy, response_time)
-), pairs AS (
+WITH {KEYS_CTE}, pairs AS (
     SELECT {_SNAPSHOT_FIELDS.format(a="s")},
            prev.response_time AS prev_response_time, prev.available_tokens AS prev_available,
            prev.capacity AS prev_capacity, prev.refill_tokens AS prev_refill_tokens,

@@ -42,6 +42,14 @@ def take_keys(connection: Connection, queue: str, limit: int) -> list[Key]:
     return sorted((row[0], row[1], row[2]) for row in rows)
 
 
+#: The CTE ``keys`` of a keyed read: the arrays of :func:`key_parameters` as rows
+#: (ispb, policy, response_time, n), n being the key's position (1-based) in the list.
+KEYS_CTE = """keys AS (
+    SELECT * FROM unnest(%(ispbs)s::char(8)[], %(policies)s::text[], %(times)s::timestamptz[])
+        WITH ORDINALITY AS k(ispb, policy, response_time, n)
+)"""
+
+
 def key_parameters(keys: Sequence[Key]) -> dict[str, Any]:
     """Parameters of a keyed read: the keys as three arrays (``unnest`` them) and, as constants
     the planner prunes partitions with, their oldest and newest time (``first``, ``last``) and
