@@ -35,9 +35,9 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
         ],
         jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
         schedules=[
-            monitor_schedule(settings.monitor_cron),
+            monitor_schedule(settings.monitor_cron, settings.monitor_shards),
             retention_schedule(settings.retention_months, settings.months_ahead),
-            alert_watchdog_schedule(),
+            alert_watchdog_schedule(shards=settings.monitor_shards),
         ],
         sensors=[
             publish_alert_events,

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dict_ratelimit.domain.shards import MAX_SHARDS
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PREFIX = "DICT_RATELIMIT_"
 ISPB = re.compile(r"[0-9]{8}")
@@ -114,6 +116,8 @@ class Settings(BaseSettings):
     exporter_port: int = Field(default=9464, ge=0, le=65535)
     exporter_scrape_timeout_seconds: float = Field(default=4.0, gt=0, le=60)
     monitor_cron: str = "*/5 * * * *"
+    #: Runs per tick, each polling its share of the participants (domain.shards).
+    monitor_shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
     simulator_participants: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"12345678": "A", "23456789": "D"}
     )

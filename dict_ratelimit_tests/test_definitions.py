@@ -83,7 +83,8 @@ def test_deployed_instance_config_stores_runs_in_postgres(instance_home: Path, d
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
-        assert {"key": "dict_ratelimit/serial", "value": "monitor", "limit": 1} in limits
+        per_value = {"applyLimitPerUniqueValue": True}  # one run per shard, and per "monitor"
+        assert {"key": "dict_ratelimit/serial", "value": per_value, "limit": 1} in limits
         assert instance.scheduler.max_catchup_runs == 1
         assert instance.run_monitoring_enabled
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import os
 import re
@@ -25,6 +26,7 @@ from dict_ratelimit.exporter.server import start_exporter
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
 from dict_ratelimit.storage.migrations import migrate
+from dict_ratelimit.storage.ticks import record_tick
 from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
 from dict_ratelimit_tests.prometheus_tools import scrape, value
 from dict_ratelimit_tests.simulation import running_simulator
@@ -121,6 +123,42 @@ def test_bridge_errors_are_counted_by_class(
         value(samples, "dict_rate_limit_bridge_errors_total", error_class="permission_denied") == 1
     )
     assert value(samples, "dict_rate_limit_monitoring_participants_failed") == 1
+
+
+def test_sharded_sweeps_add_up_and_the_least_recent_shard_sets_the_last_sweep(
+    engine: Engine, exporter_port: int
+) -> None:
+    """Two shards' latest sweeps count together; the stalled shard (its latest sweep 20 min
+    old) sets the last-sweep time, so staleness shows; a shard of an old split drops out."""
+    base = dt.datetime(2026, 2, 28, 23, 30, tzinfo=dt.timezone.utc)
+    sweeps = [  # (minutes after base, shard, participants, answered, failed, duration)
+        (-180, "0/3", 9, 9, 0, 99.0),  # an earlier split, hours before the newest sweep
+        (0, "0/2", 5, 5, 0, 1.5),
+        (20, "0/2", 5, 4, 1, 2.5),
+        (0, "1/2", 5, 5, 0, 3.5),  # shard 1 has not swept since
+    ]
+    with engine.begin() as connection:
+        for minutes, shard, participants, answered, failed, duration in sweeps:
+            record_tick(
+                connection,
+                polled_at=base + dt.timedelta(minutes=minutes),
+                participants=participants,
+                answered=answered,
+                failed=failed,
+                readings=answered * 28,
+                bridge_errors={"unavailable": failed} if failed else {},
+                bridge_seconds=duration / 2,
+                duration_seconds=duration,
+                shard=shard,
+            )
+    samples = scrape(exporter_port)
+    assert value(samples, "dict_rate_limit_monitoring_participants_answered") == 4 + 5
+    assert value(samples, "dict_rate_limit_monitoring_participants_failed") == 1
+    assert value(samples, "dict_rate_limit_monitoring_duration_seconds") == 3.5
+    assert value(samples, "dict_rate_limit_monitoring_last_sweep_timestamp_seconds") == (
+        base.timestamp()
+    )
+    assert value(samples, "dict_rate_limit_monitoring_sweeps_total") == 4
 
 
 def test_a_database_that_is_down_fails_the_scrape_cleanly() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import dagster as dg
 from sqlalchemy.engine import URL
@@ -49,22 +50,46 @@ def run_tick(
     instance: dg.DagsterInstance | None = None,
     *,
     our_clock_ahead: float = 0.0,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One monitor_job run, as the schedule would start it at the simulator's time.
 
     Our clock (the run's ``clock`` resource, and Dagster's idea of "now" for partitions) is
     the simulator's plus ``our_clock_ahead`` seconds (DICT's clock running behind ours).
+    ``tags`` are added to the tick's (a shard's, for instance).
     """
+    return prepare_tick(sim, resources, instance, our_clock_ahead=our_clock_ahead, tags=tags)()
+
+
+def prepare_tick(
+    sim: RunningSimulator,
+    resources: dict[str, object],
+    instance: dg.DagsterInstance | None = None,
+    *,
+    our_clock_ahead: float = 0.0,
+    tags: dict[str, str] | None = None,
+) -> Callable[[], dg.ExecuteInProcessResult]:
+    """:func:`run_tick` in two halves: the definitions built here (in the calling thread), the
+    run when the returned function is called (in any thread: shards side by side; without
+    ``instance``, each run has its own ephemeral one)."""
     now = sim.clock.now() + dt.timedelta(seconds=our_clock_ahead)
     resources = {"clock": ClockResource(frozen_at=now.isoformat()), **resources}
-    job = build_definitions(resources).resolve_job_def("monitor_job")
-    with dg.partition_loading_context(effective_dt=now):
-        return job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            partition_key=tick_partition(now),
-            tags=TICK_TAGS,
-        )
+    # Loading definitions reads the defs-state storage of the current instance; a test that
+    # evaluated schedules may leave a disposed one current (Dagster re-enters the instance per
+    # evaluation and resets only the last), so load under an instance of our own.
+    with dg.DagsterInstance.ephemeral():
+        job = build_definitions(resources).resolve_job_def("monitor_job")
+
+    def _run() -> dg.ExecuteInProcessResult:
+        with dg.partition_loading_context(effective_dt=now):
+            return job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                partition_key=tick_partition(now),
+                tags={**TICK_TAGS, **(tags or {})},
+            )
+
+    return _run
 
 
 def materializations(

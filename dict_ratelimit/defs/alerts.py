@@ -22,7 +22,8 @@ from dict_ratelimit.defs.resources import (
     ClockResource,
     PostgresResource,
 )
-from dict_ratelimit.defs.tags import SERIAL_TAG
+from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_participants, run_shard
+from dict_ratelimit.domain.shards import all_shards
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 from dict_ratelimit.storage.outbox import backlog
 
@@ -85,19 +86,23 @@ def alerts(
 ) -> dg.MaterializeResult:
     rules = alert_rules.rules()
     now = clock.clock().now()
+    shard = run_shard(context.run.tags)
+    participants = run_participants(context.run.tags, bridge.participant_list())
     with postgres.engine.begin() as connection:
         report = apply_evaluations(
             connection,
             rules,
-            participants=bridge.participant_list(),
+            participants=participants,
             now=now,
             source=alert_rules.event_source,
+            shard_only=shard is not None and shard.count > 1,
         )
         waiting = backlog(connection)
         table = _open_alerts_table(connection)
     for transition in report.transitions:
         context.log.info(f"{transition.kind.value} {transition.event_id}: {transition.message}")
-    return dg.MaterializeResult(metadata=_metadata(report, waiting, table, now.isoformat()))
+    metadata = _metadata(report, waiting, table, now.isoformat())
+    return dg.MaterializeResult(metadata={"shard": shard.label if shard else "all", **metadata})
 
 
 alert_watchdog_job = dg.define_asset_job(
@@ -111,9 +116,13 @@ alert_watchdog_job = dg.define_asset_job(
 
 
 def alert_watchdog_schedule(
-    cron: str = "2-59/5 * * * *", healthy_within: dt.timedelta = dt.timedelta(minutes=10)
+    cron: str = "2-59/5 * * * *",
+    healthy_within: dt.timedelta = dt.timedelta(minutes=10),
+    shards: int = 1,
 ) -> dg.ScheduleDefinition:
-    """Between monitor ticks: skip while the monitor succeeds, run ``alerts`` otherwise."""
+    """Between monitor ticks: skip while the monitor succeeds (every shard of it), run
+    ``alerts`` for everyone otherwise (a shard that keeps failing leaves its participants'
+    alerts to the watchdog)."""
 
     @dg.schedule(
         name="alert_watchdog",
@@ -121,23 +130,44 @@ def alert_watchdog_schedule(
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Dead man's switch: when no monitor run succeeded in the last "
-        f"{healthy_within.total_seconds() / 60:.0f} minutes, apply staleness to the alerts.",
+        description="Dead man's switch: when no monitor run (of one of its shards) succeeded "
+        f"in the last {healthy_within.total_seconds() / 60:.0f} minutes, apply staleness to "
+        "the alerts.",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
         now = context.scheduled_execution_time or SystemClock().now()
-        latest = context.instance.get_runs(
-            dg.RunsFilter(job_name="monitor_job", statuses=[dg.DagsterRunStatus.SUCCESS]),
-            limit=1,
-        )
-        if latest:
-            record = context.instance.get_run_record_by_id(latest[0].run_id)
-            ended = record.end_time if record else None
-            if ended and now.timestamp() - ended < healthy_within.total_seconds():
-                return dg.SkipReason(
-                    f"monitor healthy: last successful run ended "
-                    f"{(now.timestamp() - ended) / 60:.1f} min ago"
-                )
+        ages = {
+            shard.label: _minutes_since_success(
+                context.instance, now, {SHARD_KEY: shard.label} if shards > 1 else {}
+            )
+            for shard in all_shards(shards)
+        }
+        stale = {label: age for label, age in ages.items() if age is None or age * 60 >= (
+            healthy_within.total_seconds()
+        )}  # fmt: skip
+        if not stale:
+            oldest = max(age for age in ages.values() if age is not None)
+            return dg.SkipReason(
+                f"monitor healthy: last successful run ended {oldest:.1f} min ago"
+                + (f" (oldest of {shards} shards)" if shards > 1 else "")
+            )
+        if shards > 1:
+            context.log.info(f"shards without a recent success: {', '.join(sorted(stale))}")
         return dg.RunRequest(run_key=now.isoformat(), tags=SERIAL_TAG)
 
     return _schedule
+
+
+def _minutes_since_success(
+    instance: dg.DagsterInstance, now: dt.datetime, tags: dict[str, str]
+) -> float | None:
+    """Minutes since the latest successful monitor run (with ``tags``) ended; None: never."""
+    latest = instance.get_runs(
+        dg.RunsFilter(job_name="monitor_job", statuses=[dg.DagsterRunStatus.SUCCESS], tags=tags),
+        limit=1,
+    )
+    if not latest:
+        return None
+    record = instance.get_run_record_by_id(latest[0].run_id)
+    ended = record.end_time if record else None
+    return None if ended is None else (now.timestamp() - ended) / 60

@@ -17,8 +17,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from dict_ratelimit.defs.resources import PostgresResource, ThresholdsResource
+from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.defs.snapshots import policy_snapshots
+from dict_ratelimit.defs.tags import run_shard
 from dict_ratelimit.pipeline.derive import DeriveReport, derive_backlog, derive_window
 from dict_ratelimit.settings import get_settings
 
@@ -127,11 +128,18 @@ def derive_metrics_and_levels(
     context: dg.AssetExecutionContext,
     postgres: PostgresResource,
     thresholds: ThresholdsResource,
+    bridge: BridgeResource,
 ):  # type: ignore[no-untyped-def]
     config = thresholds.config()
     if context.run.tags.get(MODE_TAG) == INCREMENTAL:
-        report = derive_backlog(postgres.engine, config)
-        window = "metric backlog"
+        shard = run_shard(context.run.tags)
+        members = (
+            shard.members(bridge.participant_list())
+            if shard is not None and shard.count > 1
+            else None
+        )
+        report = derive_backlog(postgres.engine, config, ispbs=members)
+        window = f"metric backlog of shard {shard.label}" if shard else "metric backlog"
     else:
         span = context.partition_time_window
         start, end = span.start, span.end

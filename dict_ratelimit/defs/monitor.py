@@ -11,7 +11,8 @@ from dict_ratelimit.defs.metrics import (
     tick_partition,
 )
 from dict_ratelimit.defs.snapshots import policy_snapshots
-from dict_ratelimit.defs.tags import SERIAL_TAG
+from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, shard_tags
+from dict_ratelimit.domain.shards import all_shards
 
 __all__ = ["SERIAL_TAG", "TICK_TAGS", "metrics_job", "monitor_job", "monitor_schedule"]
 TICK_TAGS = {**SERIAL_TAG, MODE_TAG: INCREMENTAL}
@@ -43,9 +44,11 @@ metrics_job = dg.define_asset_job(
 )
 
 
-def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
-    """Every tick requests one run keyed by its scheduled time (a retried tick never duplicates
-    it), and skips while a monitor run is still queued or running."""
+def monitor_schedule(cron: str = "*/5 * * * *", shards: int = 1) -> dg.ScheduleDefinition:
+    """Every tick requests one run per shard, keyed by its scheduled time and shard (a retried
+    tick never duplicates one), and skips a shard while its previous run is still queued or
+    running (a slow shard does not hold back the others)."""
+    split = all_shards(shards)
 
     @dg.schedule(
         name="monitor_sweeps",
@@ -54,19 +57,37 @@ def monitor_schedule(cron: str = "*/5 * * * *") -> dg.ScheduleDefinition:
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Monitor sweep and its metrics and alerts, cron {cron} (UTC; "
-        "DICT_RATELIMIT_MONITOR_CRON).",
+        f"DICT_RATELIMIT_MONITOR_CRON), in {shards} run(s) per tick "
+        "(DICT_RATELIMIT_MONITOR_SHARDS).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):  # type: ignore[no-untyped-def]
-        active = context.instance.get_runs_count(
-            dg.RunsFilter(job_name="monitor_job", statuses=ACTIVE_STATUSES)
-        )
-        if active:
-            return dg.SkipReason(f"{active} monitor run(s) still queued or running")
         scheduled = context.scheduled_execution_time or SystemClock().now()
-        return dg.RunRequest(
-            run_key=scheduled.isoformat(),
-            partition_key=tick_partition(scheduled),
-            tags=TICK_TAGS,
-        )
+        requests, busy = [], []
+        for shard in split:
+            tags = shard_tags(shard)
+            active = context.instance.get_runs_count(
+                dg.RunsFilter(
+                    job_name="monitor_job",
+                    statuses=ACTIVE_STATUSES,
+                    tags={SHARD_KEY: shard.label} if shards > 1 else {},
+                )
+            )
+            if active:
+                busy.append(shard.label)
+                continue
+            requests.append(
+                dg.RunRequest(
+                    # unsharded: the key runs had before shards existed
+                    run_key=scheduled.isoformat() + (f"#{shard.label}" if shards > 1 else ""),
+                    partition_key=tick_partition(scheduled),
+                    tags={**tags, MODE_TAG: INCREMENTAL},
+                )
+            )
+        if not requests:
+            return dg.SkipReason(
+                "monitor run(s) still queued or running"
+                + (f" for shard(s) {', '.join(busy)}" if shards > 1 else "")
+            )
+        return requests
 
     return _schedule

@@ -25,6 +25,7 @@ from dict_ratelimit.defs.resources import (
     ThresholdsResource,
 )
 from dict_ratelimit.defs.spend import spend_metadata
+from dict_ratelimit.defs.tags import run_participants, run_shard
 from dict_ratelimit.pipeline.store import (
     failures_by_class,
     record_failed_sweep,
@@ -91,7 +92,9 @@ def policy_snapshots(
     # polled and before anything is stored (a bad thresholds file would otherwise fail the
     # metrics step after the readings were taken).
     thresholds.config()
-    ispbs = bridge.participant_list()
+    shard = run_shard(context.run.tags)
+    ispbs = run_participants(context.run.tags, bridge.participant_list())
+    shard_label = shard.label if shard else "all"
     if bridge.poll_jitter_seconds > 0:
         # 300 s is a multiple of most refill periods: without jitter every sweep would see
         # the same refill phase.
@@ -132,6 +135,7 @@ def policy_snapshots(
                 participants=len(ispbs),
                 bridge_seconds=bridge_seconds,
                 duration_seconds=time.perf_counter() - started,
+                shard=shard_label,
             )
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=bridge.retry_wait_seconds)
 
@@ -143,6 +147,7 @@ def policy_snapshots(
             participants=len(ispbs),
             bridge_seconds=bridge_seconds,
             duration_seconds=time.perf_counter() - started,
+            shard=shard_label,
         )
     insert_seconds = time.perf_counter() - insert_started
 
@@ -165,6 +170,7 @@ def policy_snapshots(
         "request_stats_rows": stored.request_stats_rows,
         "request_stats_unavailable": dg.MetadataValue.json(result.stats_unavailable),
         "readings": len(result.all_readings),
+        "shard": shard_label,
         "participants_monitored": len(ispbs),
         "participants_answered": len(result.readings),
         "participants_failed": dg.MetadataValue.json(

@@ -102,10 +102,22 @@ SELECT ispb, opened AS created, resolved FROM dict_ratelimit.alert_counter
 
 # the newest sweep: ordered on the column itself (an index scan of the newest partition),
 # not on an output expression
+# The latest sweep of each shard (a sharded tick stores one row per shard), over the shards
+# seen in the hour before the newest sweep (a shard of an earlier split drops out): the
+# slowest duration, the oldest of the latest sweeps (a stalled shard makes the monitor look
+# stale, as it is for its participants), and the participants of all shards together.
 _LATEST_TICK = """
-SELECT extract(epoch FROM t.polled_at) AS polled_epoch, t.duration_seconds, t.bridge_seconds,
-       t.participants, t.answered, t.failed
-FROM dict_ratelimit.monitor_tick AS t ORDER BY t.polled_at DESC LIMIT 1
+WITH recent AS (
+    SELECT DISTINCT ON (t.shard) t.*
+    FROM dict_ratelimit.monitor_tick AS t
+    WHERE t.polled_at > (SELECT max(polled_at) FROM dict_ratelimit.monitor_tick)
+                        - interval '1 hour'
+    ORDER BY t.shard, t.polled_at DESC
+)
+SELECT extract(epoch FROM min(polled_at)) AS polled_epoch,
+       max(duration_seconds) AS duration_seconds, max(bridge_seconds) AS bridge_seconds,
+       sum(participants) AS participants, sum(answered) AS answered, sum(failed) AS failed
+FROM recent HAVING count(*) > 0
 """
 
 _MONITOR_COUNTERS = """
@@ -433,19 +445,30 @@ class DictRateLimitCollector(Collector):
 
     def _monitor(self, connection: Connection, f: _Families, now: float) -> None:
         duration = f.gauge(
-            "monitoring_duration_seconds", "Duration of the latest monitor sweep (poll + store)", []
+            "monitoring_duration_seconds",
+            "Duration of the latest monitor sweep (poll + store; sharded: the slowest shard's)",
+            [],
         )
-        bridge = f.gauge("monitoring_bridge_seconds", "Bridge time of the latest monitor sweep", [])
+        bridge = f.gauge(
+            "monitoring_bridge_seconds",
+            "Bridge time of the latest monitor sweep (sharded: the slowest shard's)",
+            [],
+        )
         last = f.gauge(
             "monitoring_last_sweep_timestamp_seconds",
-            "When the latest sweep polled (Unix time)",
+            "When the latest sweep polled (Unix time; sharded: the shard that polled least "
+            "recently)",
             [],
         )
         answered = f.gauge(
-            "monitoring_participants_answered", "Participants that answered the latest sweep", []
+            "monitoring_participants_answered",
+            "Participants that answered the latest sweep (sharded: of every shard's latest)",
+            [],
         )
         failed = f.gauge(
-            "monitoring_participants_failed", "Participants that failed the latest sweep", []
+            "monitoring_participants_failed",
+            "Participants that failed the latest sweep (sharded: of every shard's latest)",
+            [],
         )
         tick = connection.execute(sa.text(_LATEST_TICK)).one_or_none()
         if tick is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -79,17 +80,22 @@ def _compute_and_write(
 
 
 def derive_backlog(
-    engine: Engine, thresholds: ThresholdConfig, *, limit: int = BACKLOG_LIMIT
+    engine: Engine,
+    thresholds: ThresholdConfig,
+    *,
+    limit: int = BACKLOG_LIMIT,
+    ispbs: Sequence[str] | None = None,
 ) -> DeriveReport:
-    """Compute and write the metrics and evaluations of the snapshots waiting in the backlog,
-    and queue the evaluations for the alert step; all or nothing."""
+    """Compute and write the metrics and evaluations of the snapshots waiting in the backlog
+    (only ``ispbs``' when given: a shard's), and queue the evaluations for the alert step; all
+    or nothing."""
     report = DeriveReport(mode="backlog")
     started = time.perf_counter()
     with engine.begin() as connection:
         # one derive step at a time (the tick and the watch lane): a policy's readings are
         # computed in order, each with the previous one already stored
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
-        keys, report.backlog_left = take_metric_backlog(connection, limit)
+        keys, report.backlog_left = take_metric_backlog(connection, limit, ispbs)
         pairs = load_pairs_for_keys(connection, keys) if keys else pd.DataFrame()
         report.timings["load_seconds"] = time.perf_counter() - started
         _compute_and_write(connection, report, pairs, thresholds, None)
@@ -107,6 +113,9 @@ def derive_window(
     report = DeriveReport(mode="window")
     started = time.perf_counter()
     with engine.begin() as connection:
+        # not beside a tick's derive step (shards run alongside a backfill): one writer of a
+        # policy's rows at a time
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
         pairs = load_window_pairs(connection, start, end)
         report.timings["load_seconds"] = time.perf_counter() - started
         _compute_and_write(connection, report, pairs, thresholds, (start, end))

@@ -41,6 +41,7 @@ def store_sweep(
     bridge_seconds: float,
     duration_seconds: float,
     record: bool = True,
+    shard: str = "all",
 ) -> StoreReport:
     """Store the sweep's readings and counts, and its ``monitor_tick`` row, in one transaction.
 
@@ -75,6 +76,7 @@ def store_sweep(
                 bridge_errors=failures_by_class(result),
                 bridge_seconds=bridge_seconds,
                 duration_seconds=duration_seconds,
+                shard=shard,
             )
     listed = {ispb for ispb, rows in result.readings.items() if rows and rows[0].source == "list"}
     report.vanished = vanished_policies(previous.last_sweep, readings, listed)
@@ -117,7 +119,7 @@ def count_own_calls(connection: Connection, calls: dict[str, dict[str, int]]) ->
 
 def record_failed_sweep(
     engine: Engine, result: PollResult, *, participants: int, bridge_seconds: float,
-    duration_seconds: float,
+    duration_seconds: float, shard: str = "all",
 ) -> None:  # fmt: skip
     """Count a sweep in which nobody answered (so the exporter's error series see it)."""
     with engine.begin() as connection:
@@ -131,6 +133,7 @@ def record_failed_sweep(
             bridge_errors=failures_by_class(result),
             bridge_seconds=bridge_seconds,
             duration_seconds=duration_seconds,
+            shard=shard,
         )
 
 

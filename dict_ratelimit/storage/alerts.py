@@ -124,8 +124,17 @@ def _episode(row: Any) -> Episode | None:
     )
 
 
-def load_tracks(connection: Connection) -> dict[tuple[str, str], Track]:
-    rows = connection.execute(sa.text(_TRACKS)).fetchall()
+def load_tracks(
+    connection: Connection, ispbs: Sequence[str] | None = None
+) -> dict[tuple[str, str], Track]:
+    """Every identity's track with its open episode (only ``ispbs``' when given: a shard's)."""
+    if ispbs is None:
+        rows = connection.execute(sa.text(_TRACKS)).fetchall()
+    else:
+        rows = connection.execute(
+            sa.text(_TRACKS + " WHERE t.ispb = ANY(CAST(:ispbs AS char(8)[]))"),
+            {"ispbs": list(ispbs)},
+        ).fetchall()
     return {
         (row.ispb, row.policy): Track(
             ispb=row.ispb,
@@ -140,10 +149,13 @@ def load_tracks(connection: Connection) -> dict[tuple[str, str], Track]:
     }
 
 
-def take_observations(connection: Connection, limit: int = BATCH_LIMIT) -> list[Observation]:
-    """Remove the waiting evaluations from ``alert_backlog`` (the caller's transaction: a
-    failure puts them back) and return them as observations, oldest first per identity."""
-    keys = take_keys(connection, "alert_backlog", limit)
+def take_observations(
+    connection: Connection, limit: int = BATCH_LIMIT, ispbs: Sequence[str] | None = None
+) -> list[Observation]:
+    """Remove the waiting evaluations (only ``ispbs``' when given) from ``alert_backlog`` (the
+    caller's transaction: a failure puts them back) and return them as observations, oldest
+    first per identity."""
+    keys = take_keys(connection, "alert_backlog", limit, ispbs)
     if not keys:
         return []
     params = key_parameters(keys)
@@ -348,15 +360,25 @@ def apply_evaluations(
     participants: Iterable[str],
     now: dt.datetime,
     source: str = DEFAULT_SOURCE,
+    *,
+    shard_only: bool = False,
 ) -> AlertReport:
     """Apply every evaluation waiting in the backlog, check staleness against ``now`` (the
     injected clock), write everything (one transaction: the caller's). Safe to repeat: a second
-    call finds nothing new."""
+    call finds nothing new.
+
+    With ``shard_only`` the step is a shard's: only ``participants``' evaluations, tracks and
+    staleness (another shard's run, or the watchdog, looks after the others). Without it,
+    every track is checked, also those of a participant no longer monitored."""
     report = AlertReport()
     started = time.perf_counter()
+    # one alert writer at a time, shards included: outbox ids are committed in the order they
+    # are allocated, so the publisher's cursor never passes an id still to be committed
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ALERTS_LOCK})")
-    tracks = load_tracks(connection)
-    observations = take_observations(connection)
+    participants = list(participants)
+    scope = participants if shard_only else None
+    tracks = load_tracks(connection, scope)
+    observations = take_observations(connection, ispbs=scope)
     report.timings["load_seconds"] = time.perf_counter() - started
     mark = time.perf_counter()
     after, transitions = advance(tracks, observations, participants, now, rules)

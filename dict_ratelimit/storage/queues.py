@@ -21,24 +21,31 @@ Key = tuple[str, str, dt.datetime]  # (ispb, policy, response_time)
 QUEUES = frozenset({"metric_backlog", "alert_backlog"})
 
 
-def take_statement(queue: str) -> str:
-    """The DELETE … RETURNING that takes up to ``%(limit)s`` keys from ``queue``."""
+def take_statement(queue: str, *, of_participants: bool = False) -> str:
+    """The DELETE … RETURNING that takes up to ``%(limit)s`` keys from ``queue`` (only those
+    of the participants in ``%(ispbs)s`` when ``of_participants``: a shard's)."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; expected one of {sorted(QUEUES)}")
+    where = " WHERE ispb = ANY(%(ispbs)s::char(8)[])" if of_participants else ""
     return (
         f"DELETE FROM dict_ratelimit.{queue} WHERE ctid = ANY(ARRAY("
-        f"  SELECT ctid FROM dict_ratelimit.{queue}"
+        f"  SELECT ctid FROM dict_ratelimit.{queue}{where}"
         "   ORDER BY response_time LIMIT %(limit)s FOR UPDATE SKIP LOCKED)) "
         "RETURNING ispb, policy, response_time"
     )
 
 
-def take_keys(connection: Connection, queue: str, limit: int) -> list[Key]:
+def take_keys(
+    connection: Connection, queue: str, limit: int, ispbs: Sequence[str] | None = None
+) -> list[Key]:
     """Remove up to ``limit`` keys, oldest reading first, from ``queue`` in the caller's
-    transaction (a failure puts them back); rows another transaction holds are skipped.
-    Returned sorted by key (identity, then time)."""
-    statement = take_statement(queue)  # refuses an unknown queue before any SQL runs
-    rows = connection.exec_driver_sql(statement, {"limit": limit}).fetchall()
+    transaction (a failure puts them back); rows another transaction holds are skipped; with
+    ``ispbs``, only those participants' keys (a shard's). Returned sorted by key (identity,
+    then time)."""
+    # refuses an unknown queue before any SQL runs
+    statement = take_statement(queue, of_participants=ispbs is not None)
+    parameters: dict[str, Any] = {"limit": limit, "ispbs": list(ispbs or [])}
+    rows = connection.exec_driver_sql(statement, parameters).fetchall()
     return sorted((row[0], row[1], row[2]) for row in rows)
 
 

@@ -13,11 +13,12 @@ from dict_ratelimit.storage.bulk import ensure_month_partitions
 
 _RECORD = """
 WITH inserted AS (
-    INSERT INTO dict_ratelimit.monitor_tick (polled_at, participants, answered, failed, readings,
-                                             bridge_errors, bridge_seconds, duration_seconds)
-    VALUES (:polled_at, :participants, :answered, :failed, :readings, CAST(:errors AS jsonb),
-            :bridge_seconds, :duration_seconds)
-    ON CONFLICT (polled_at) DO NOTHING
+    INSERT INTO dict_ratelimit.monitor_tick (polled_at, shard, participants, answered, failed,
+                                             readings, bridge_errors, bridge_seconds,
+                                             duration_seconds)
+    VALUES (:polled_at, :shard, :participants, :answered, :failed, :readings,
+            CAST(:errors AS jsonb), :bridge_seconds, :duration_seconds)
+    ON CONFLICT (polled_at, shard) DO NOTHING
     RETURNING failed, bridge_errors
 ), increments AS (
     SELECT 'sweeps' AS counter, 1::bigint AS value FROM inserted
@@ -44,14 +45,17 @@ def record_tick(
     bridge_errors: Mapping[str, int],
     bridge_seconds: float,
     duration_seconds: float,
+    shard: str = "all",
 ) -> None:
     """Store one sweep and add it to the running counters (caller's transaction); the same
-    ``polled_at`` twice is kept, and counted, once."""
+    ``polled_at`` twice (of the same ``shard``: ``all``, or ``INDEX/COUNT``) is kept, and
+    counted, once."""
     ensure_month_partitions(connection, "monitor_tick", [polled_at])
     connection.execute(
         sa.text(_RECORD),
         {
             "polled_at": polled_at,
+            "shard": shard,
             "participants": participants,
             "answered": answered,
             "failed": failed,
