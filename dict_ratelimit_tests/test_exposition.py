@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from dict_ratelimit.exporter.collector import _add
 from dict_ratelimit.exporter.exposition import render
+from dict_ratelimit.exporter.server import SingleFlight
 
 
 def families() -> list:
@@ -60,3 +63,42 @@ def test_render_parses_like_generate_latest() -> None:
     expected = parsed(generate_latest(registry).decode())
     assert parsed(render(families()).decode()) == expected
     assert len(expected) == 14
+
+
+class _RecordingCollector:
+    """A collector that notes whether the cyclic garbage collector ran during collect()."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.gc_enabled_during: list[bool] = []
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        self.gc_enabled_during.append(gc.isenabled())
+        if self.fail:
+            raise RuntimeError("query failed")
+        return families()
+
+    def failed_scrape(self, seconds: float) -> list:  # type: ignore[type-arg]
+        return []
+
+
+def test_a_collection_pauses_the_cyclic_gc_and_always_restores_it() -> None:
+    """Hundreds of thousands of acyclic samples: no full GC passes in the middle of a scrape
+    (the slowest scrape at 1,000 participants: 1.2-1.3 s with them, 0.73 s without)."""
+    assert gc.isenabled()
+    for fail in (False, True):
+        collector = _RecordingCollector(fail=fail)
+        flight = SingleFlight(collector, budget_seconds=5)  # type: ignore[arg-type]
+        if fail:
+            with pytest.raises(RuntimeError, match="query failed"):
+                flight.metrics()
+        else:
+            assert b"# TYPE" in flight.metrics()
+        assert collector.gc_enabled_during == [False]
+        assert gc.isenabled()  # restored, also after a failed collection
+    gc.disable()
+    try:  # an embedding program that runs without the cyclic GC keeps it off
+        SingleFlight(_RecordingCollector(), budget_seconds=5).metrics()  # type: ignore[arg-type]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

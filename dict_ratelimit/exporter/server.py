@@ -11,10 +11,16 @@ Three rules keep a scrape answering within its time budget:
   scrapes keep getting that answer, not a hang, until the database replies again.
 - **No work for the departed.** A request whose client has already closed its connection
   (a Prometheus that gave up, a port scanner) is dropped before anything is collected.
+
+And one rule keeps the slowest scrape near the median: Python's cyclic garbage collector is
+paused while a collection builds and renders its samples (340,000 at 1,000 participants).
+They hold no reference cycles, so reference counting frees them; the full collections their
+allocation triggered took the slowest of ten scrapes from 0.73 s to 1.2-1.3 s.
 """
 
 from __future__ import annotations
 
+import gc
 import gzip
 import logging
 import select
@@ -48,10 +54,16 @@ class SingleFlight:
         self.collections = 0  # how many collections ran (shared ones count once)
 
     def _run(self, future: Future[bytes]) -> None:
+        # one collection at a time (single flight), so one pause of the cyclic collector
+        was_enabled = gc.isenabled()
+        gc.disable()
         try:
             future.set_result(render(self.collector.collect()))
         except BaseException as error:  # never leave waiters hanging
             future.set_exception(error)
+        finally:
+            if was_enabled:
+                gc.enable()
 
     def metrics(self) -> bytes:
         """The exposition of the running collection, or of a new one; the failure answer
