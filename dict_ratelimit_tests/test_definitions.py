@@ -11,12 +11,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dict_ratelimit.definitions import defs
 from dict_ratelimit.defs.resources import PostgresResource
 from dict_ratelimit.devstack import dagster_environment
 from dict_ratelimit.settings import project_root
+from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit_tests.conftest import SessionServer, create_test_database, drop_test_database
 
 pytestmark = [pytest.mark.e2e]
@@ -121,3 +123,50 @@ def test_the_watch_lane_runs_by_default_every_15_s_and_is_stopped_when_disabled(
         get_settings.cache_clear()
     assert disabled.default_status == dg.DefaultSensorStatus.STOPPED
     assert disabled.minimum_interval_seconds == 30
+
+
+def test_runs_on_the_deployed_instance_reuse_connections_and_survive_losing_them(
+    instance_home: Path, db_url: URL, pg_server: SessionServer
+) -> None:
+    """dagster.yaml's pooled storage: a run opens a handful of connections to the instance
+    database (dagster-postgres alone: about 100), and connections the server dropped (a
+    restart) are replaced before use instead of failing the run."""
+    instance_db = os.environ["DAGSTER_PG_DB"]
+    opened: list[str] = []
+
+    def count(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        if dbapi_connection.info.dbname == instance_db:
+            opened.append(instance_db)
+
+    job = defs.resolve_job_def("retention_job")
+    resources = {
+        "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False))
+    }
+    sa.event.listen(sa.engine.Engine, "connect", count)
+    try:
+        with dg.DagsterInstance.from_config(str(instance_home)) as instance:
+            assert job.execute_in_process(instance=instance, resources=resources).success
+            assert opened  # the counting works: the first run opened the pool's connections
+            opened.clear()
+            assert job.execute_in_process(instance=instance, resources=resources).success
+            assert len(opened) <= 5, len(opened)
+
+            admin = create_db_engine(pg_server.admin)
+            try:
+                with admin.connect() as connection:
+                    dropped = connection.execute(
+                        sa.text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = :db AND pid <> pg_backend_pid()"
+                        ),
+                        {"db": instance_db},
+                    ).scalar()
+            finally:
+                admin.dispose()
+            assert dropped and dropped > 0
+            outcome = job.execute_in_process(instance=instance, resources=resources)
+            assert outcome.success
+            stored = instance.get_run_by_id(outcome.run_id)
+            assert stored is not None and stored.status == dg.DagsterRunStatus.SUCCESS
+    finally:
+        sa.event.remove(sa.engine.Engine, "connect", count)
