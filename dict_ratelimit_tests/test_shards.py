@@ -22,6 +22,7 @@ from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_participants, shard_tags
 from dict_ratelimit.domain.shards import MAX_SHARDS, Shard, all_shards
 from dict_ratelimit.settings import Settings, get_settings
+from dict_ratelimit.storage.alerts import load_tracks
 from dict_ratelimit.storage.database import create_db_engine
 from dict_ratelimit.storage.queues import take_keys
 from dict_ratelimit_tests.conftest import TEMPLATE_DB, create_test_database, drop_test_database
@@ -84,7 +85,12 @@ def _definitions_with_shards(monkeypatch: pytest.MonkeyPatch, count: int) -> dg.
     monkeypatch.setenv("DICT_RATELIMIT_MONITOR_SHARDS", str(count))
     get_settings.cache_clear()
     try:
-        return build_definitions()
+        # loaded (and cached) under an instance of our own: an earlier test may have left a
+        # disposed instance current (see ticks.prepare_tick)
+        with dg.DagsterInstance.ephemeral():
+            definitions = build_definitions()
+            definitions.get_repository_def()
+        return definitions
     finally:
         monkeypatch.delenv("DICT_RATELIMIT_MONITOR_SHARDS")
         get_settings.cache_clear()
@@ -179,24 +185,39 @@ def _finish(instance: dg.DagsterInstance, run_id: str) -> None:
 # -- queues ---------------------------------------------------------------------------------
 
 
-def test_a_shard_takes_only_its_own_participants_keys(engine: Engine) -> None:
+def test_a_shard_takes_only_its_own_participants_keys_and_shard_0_the_unlisted(
+    engine: Engine,
+) -> None:
+    """Shard members 11111111 (shard 0) and 33333333 (shard 1); 22222222 was dropped from
+    the list with work still queued: shard 0 takes it, so nothing waits forever."""
     at = utc(2026, 3, 1, 12)
+    everyone = ["11111111", "33333333"]
     with engine.begin() as connection:
         for ispb in ("11111111", "22222222", "33333333"):
-            connection.execute(
-                sa.text(
-                    "INSERT INTO dict_ratelimit.metric_backlog (ispb, policy, response_time) "
-                    "VALUES (:ispb, 'ENTRIES_WRITE', :at)"
-                ),
-                {"ispb": ispb, "at": at},
-            )
+            for table in ("metric_backlog", "alert_track"):
+                connection.execute(
+                    sa.text(
+                        f"INSERT INTO dict_ratelimit.{table} (ispb, policy, "
+                        f"{'response_time' if table == 'metric_backlog' else 'last_observed_at'})"
+                        " VALUES (:ispb, 'ENTRIES_WRITE', :at)"
+                    ),
+                    {"ispb": ispb, "at": at},
+                )
     with engine.begin() as connection:
-        taken = take_keys(connection, "metric_backlog", 100, ["11111111", "33333333"])
-        assert [key[0] for key in taken] == ["11111111", "33333333"]
         assert take_keys(connection, "metric_backlog", 100, []) == []  # an empty shard
+        shard_1 = take_keys(connection, "metric_backlog", 100, ["33333333"])
+        assert [key[0] for key in shard_1] == ["33333333"]
+        shard_0 = take_keys(connection, "metric_backlog", 100, ["11111111"], everyone)
+        assert [key[0] for key in shard_0] == ["11111111", "22222222"]
+        assert sorted(load_tracks(connection, ["33333333"])) == [("33333333", "ENTRIES_WRITE")]
+        assert sorted(ispb for ispb, _ in load_tracks(connection, ["11111111"], everyone)) == [
+            "11111111",
+            "22222222",
+        ]
+        assert len(load_tracks(connection)) == 3  # unsharded: every track
     with engine.connect() as connection:
-        left = connection.execute(sa.text("SELECT ispb FROM dict_ratelimit.metric_backlog"))
-        assert [row.ispb for row in left] == ["22222222"]
+        left = connection.execute(sa.text("SELECT count(*) FROM dict_ratelimit.metric_backlog"))
+        assert left.scalar() == 0
 
 
 # -- end to end -----------------------------------------------------------------------------

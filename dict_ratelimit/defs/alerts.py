@@ -22,7 +22,7 @@ from dict_ratelimit.defs.resources import (
     ClockResource,
     PostgresResource,
 )
-from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_participants, run_shard
+from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_shard, shard_scope
 from dict_ratelimit.domain.shards import all_shards
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 from dict_ratelimit.storage.outbox import backlog
@@ -87,15 +87,17 @@ def alerts(
     rules = alert_rules.rules()
     now = clock.clock().now()
     shard = run_shard(context.run.tags)
-    participants = run_participants(context.run.tags, bridge.participant_list())
+    listed = bridge.participant_list()
+    members, everyone = shard_scope(context.run.tags, listed)
     with postgres.engine.begin() as connection:
         report = apply_evaluations(
             connection,
             rules,
-            participants=participants,
+            participants=listed if members is None else members,
             now=now,
             source=alert_rules.event_source,
-            shard_only=shard is not None and shard.count > 1,
+            shard_only=members is not None,
+            everyone=everyone,
         )
         waiting = backlog(connection)
         table = _open_alerts_table(connection)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.defs.snapshots import policy_snapshots
-from dict_ratelimit.defs.tags import run_shard
+from dict_ratelimit.defs.tags import run_shard, shard_scope
 from dict_ratelimit.pipeline.derive import DeriveReport, derive_backlog, derive_window
 from dict_ratelimit.settings import get_settings
 
@@ -133,12 +133,8 @@ def derive_metrics_and_levels(
     config = thresholds.config()
     if context.run.tags.get(MODE_TAG) == INCREMENTAL:
         shard = run_shard(context.run.tags)
-        members = (
-            shard.members(bridge.participant_list())
-            if shard is not None and shard.count > 1
-            else None
-        )
-        report = derive_backlog(postgres.engine, config, ispbs=members)
+        members, everyone = shard_scope(context.run.tags, bridge.participant_list())
+        report = derive_backlog(postgres.engine, config, ispbs=members, everyone=everyone)
         window = f"metric backlog of shard {shard.label}" if shard else "metric backlog"
     else:
         span = context.partition_time_window

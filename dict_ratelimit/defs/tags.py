@@ -38,6 +38,20 @@ def run_shard(tags: Mapping[str, str]) -> Shard | None:
         raise ValueError(f"run tag {SHARD_KEY}: {error}") from None
 
 
+def shard_scope(
+    tags: Mapping[str, str], participants: list[str]
+) -> tuple[list[str] | None, list[str] | None]:
+    """What a run's derive and alert steps take from the queues: ``(members, everyone)``.
+
+    ``(None, None)`` for a run of every participant (everything waiting); for a shard of a
+    split, its members, and for shard 0 also the whole list, so that it takes what
+    participants no longer listed left behind (their keys and alert tracks)."""
+    shard = run_shard(tags)
+    if shard is None or shard.count == 1:
+        return None, None
+    return shard.members(participants), (participants if shard.index == 0 else None)
+
+
 def run_participants(tags: Mapping[str, str], participants: list[str]) -> list[str]:
     """The participants a run works on: its shard's share of ``participants``, or all."""
     shard = run_shard(tags)

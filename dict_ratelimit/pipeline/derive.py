@@ -85,17 +85,18 @@ def derive_backlog(
     *,
     limit: int = BACKLOG_LIMIT,
     ispbs: Sequence[str] | None = None,
+    everyone: Sequence[str] | None = None,
 ) -> DeriveReport:
     """Compute and write the metrics and evaluations of the snapshots waiting in the backlog
-    (only ``ispbs``' when given: a shard's), and queue the evaluations for the alert step; all
-    or nothing."""
+    (only a shard's when ``ispbs`` is given: ``storage.queues.take_keys``), and queue the
+    evaluations for the alert step; all or nothing."""
     report = DeriveReport(mode="backlog")
     started = time.perf_counter()
     with engine.begin() as connection:
         # one derive step at a time (the tick and the watch lane): a policy's readings are
         # computed in order, each with the previous one already stored
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
-        keys, report.backlog_left = take_metric_backlog(connection, limit, ispbs)
+        keys, report.backlog_left = take_metric_backlog(connection, limit, ispbs, everyone)
         pairs = load_pairs_for_keys(connection, keys) if keys else pd.DataFrame()
         report.timings["load_seconds"] = time.perf_counter() - started
         _compute_and_write(connection, report, pairs, thresholds, None)

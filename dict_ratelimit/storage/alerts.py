@@ -35,7 +35,7 @@ from dict_ratelimit.domain.alerts import (
 from dict_ratelimit.domain.thresholds import Level
 from dict_ratelimit.events.cloudevents import DEFAULT_SOURCE, event_type, to_cloudevent
 from dict_ratelimit.storage.bulk import stage_rows
-from dict_ratelimit.storage.queues import KEYS_CTE, key_parameters, take_keys
+from dict_ratelimit.storage.queues import KEYS_CTE, key_parameters, shard_filter, take_keys
 
 #: Key of the transaction-level advisory lock every alert writer takes.
 ALERTS_LOCK = 0x0D1C7A1E
@@ -125,15 +125,18 @@ def _episode(row: Any) -> Episode | None:
 
 
 def load_tracks(
-    connection: Connection, ispbs: Sequence[str] | None = None
+    connection: Connection,
+    ispbs: Sequence[str] | None = None,
+    everyone: Sequence[str] | None = None,
 ) -> dict[tuple[str, str], Track]:
-    """Every identity's track with its open episode (only ``ispbs``' when given: a shard's)."""
+    """Every identity's track with its open episode (only a shard's when ``ispbs`` is given:
+    ``storage.queues.shard_filter``)."""
     if ispbs is None:
-        rows = connection.execute(sa.text(_TRACKS)).fetchall()
+        rows = connection.exec_driver_sql(_TRACKS).fetchall()
     else:
-        rows = connection.execute(
-            sa.text(_TRACKS + " WHERE t.ispb = ANY(CAST(:ispbs AS char(8)[]))"),
-            {"ispbs": list(ispbs)},
+        rows = connection.exec_driver_sql(
+            _TRACKS + " WHERE " + shard_filter("t.ispb"),
+            {"ispbs": list(ispbs), "everyone": None if everyone is None else list(everyone)},
         ).fetchall()
     return {
         (row.ispb, row.policy): Track(
@@ -150,12 +153,15 @@ def load_tracks(
 
 
 def take_observations(
-    connection: Connection, limit: int = BATCH_LIMIT, ispbs: Sequence[str] | None = None
+    connection: Connection,
+    limit: int = BATCH_LIMIT,
+    ispbs: Sequence[str] | None = None,
+    everyone: Sequence[str] | None = None,
 ) -> list[Observation]:
-    """Remove the waiting evaluations (only ``ispbs``' when given) from ``alert_backlog`` (the
-    caller's transaction: a failure puts them back) and return them as observations, oldest
-    first per identity."""
-    keys = take_keys(connection, "alert_backlog", limit, ispbs)
+    """Remove the waiting evaluations (only a shard's when ``ispbs`` is given) from
+    ``alert_backlog`` (the caller's transaction: a failure puts them back) and return them as
+    observations, oldest first per identity."""
+    keys = take_keys(connection, "alert_backlog", limit, ispbs, everyone)
     if not keys:
         return []
     params = key_parameters(keys)
@@ -362,14 +368,16 @@ def apply_evaluations(
     source: str = DEFAULT_SOURCE,
     *,
     shard_only: bool = False,
+    everyone: Sequence[str] | None = None,
 ) -> AlertReport:
     """Apply every evaluation waiting in the backlog, check staleness against ``now`` (the
     injected clock), write everything (one transaction: the caller's). Safe to repeat: a second
     call finds nothing new.
 
     With ``shard_only`` the step is a shard's: only ``participants``' evaluations, tracks and
-    staleness (another shard's run, or the watchdog, looks after the others). Without it,
-    every track is checked, also those of a participant no longer monitored."""
+    staleness (another shard's run, or the watchdog, looks after the others), and with
+    ``everyone`` (the whole list, given to one shard) also those of participants no longer
+    monitored. Without it, every track is checked."""
     report = AlertReport()
     started = time.perf_counter()
     # one alert writer at a time, shards included: outbox ids are committed in the order they
@@ -377,8 +385,10 @@ def apply_evaluations(
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ALERTS_LOCK})")
     participants = list(participants)
     scope = participants if shard_only else None
-    tracks = load_tracks(connection, scope)
-    observations = take_observations(connection, ispbs=scope)
+    tracks = load_tracks(connection, scope, everyone if shard_only else None)
+    observations = take_observations(
+        connection, ispbs=scope, everyone=everyone if shard_only else None
+    )
     report.timings["load_seconds"] = time.perf_counter() - started
     mark = time.perf_counter()
     after, transitions = advance(tracks, observations, participants, now, rules)

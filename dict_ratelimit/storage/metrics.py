@@ -164,12 +164,15 @@ def load_window_pairs(connection: Connection, start: dt.datetime, end: dt.dateti
 
 
 def take_metric_backlog(
-    connection: Connection, limit: int, ispbs: Sequence[str] | None = None
+    connection: Connection,
+    limit: int,
+    ispbs: Sequence[str] | None = None,
+    everyone: Sequence[str] | None = None,
 ) -> tuple[list[Key], int]:
-    """Remove up to ``limit`` keys (oldest first; only ``ispbs``' when given) from
-    ``metric_backlog``, in the caller's transaction (a failure puts them back); returns them
-    and how many still wait (everyone's)."""
-    keys = take_keys(connection, "metric_backlog", limit, ispbs)
+    """Remove up to ``limit`` keys (oldest first; a shard's when ``ispbs`` is given, see
+    :func:`take_keys`) from ``metric_backlog``, in the caller's transaction (a failure puts
+    them back); returns them and how many still wait (everyone's)."""
+    keys = take_keys(connection, "metric_backlog", limit, ispbs, everyone)
     left = connection.exec_driver_sql("SELECT count(*) FROM dict_ratelimit.metric_backlog").scalar()
     return keys, int(left or 0)
 

@@ -21,12 +21,23 @@ Key = tuple[str, str, dt.datetime]  # (ispb, policy, response_time)
 QUEUES = frozenset({"metric_backlog", "alert_backlog"})
 
 
+def shard_filter(column: str = "ispb") -> str:
+    """The condition on ``column`` that selects a shard's rows: its participants
+    (``%(ispbs)s``) and, when ``%(everyone)s`` (the whole list) is not NULL, every participant
+    not in the list: one shard takes what a participant dropped from the list left behind, so
+    nothing waits forever."""
+    return (
+        f"({column} = ANY(%(ispbs)s::char(8)[]) OR (%(everyone)s::char(8)[] IS NOT NULL"
+        f" AND NOT {column} = ANY(%(everyone)s::char(8)[])))"
+    )
+
+
 def take_statement(queue: str, *, of_participants: bool = False) -> str:
-    """The DELETE … RETURNING that takes up to ``%(limit)s`` keys from ``queue`` (only those
-    of the participants in ``%(ispbs)s`` when ``of_participants``: a shard's)."""
+    """The DELETE … RETURNING that takes up to ``%(limit)s`` keys from ``queue`` (only a
+    shard's, :func:`shard_filter`, when ``of_participants``)."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; expected one of {sorted(QUEUES)}")
-    where = " WHERE ispb = ANY(%(ispbs)s::char(8)[])" if of_participants else ""
+    where = f" WHERE {shard_filter()}" if of_participants else ""
     return (
         f"DELETE FROM dict_ratelimit.{queue} WHERE ctid = ANY(ARRAY("
         f"  SELECT ctid FROM dict_ratelimit.{queue}{where}"
@@ -36,15 +47,23 @@ def take_statement(queue: str, *, of_participants: bool = False) -> str:
 
 
 def take_keys(
-    connection: Connection, queue: str, limit: int, ispbs: Sequence[str] | None = None
+    connection: Connection,
+    queue: str,
+    limit: int,
+    ispbs: Sequence[str] | None = None,
+    everyone: Sequence[str] | None = None,
 ) -> list[Key]:
     """Remove up to ``limit`` keys, oldest reading first, from ``queue`` in the caller's
-    transaction (a failure puts them back); rows another transaction holds are skipped; with
-    ``ispbs``, only those participants' keys (a shard's). Returned sorted by key (identity,
-    then time)."""
+    transaction (a failure puts them back); rows another transaction holds are skipped. With
+    ``ispbs``, only those participants' keys (a shard's), and with ``everyone`` also those of
+    participants not in it (one shard's duty). Returned sorted by key (identity, then time)."""
     # refuses an unknown queue before any SQL runs
     statement = take_statement(queue, of_participants=ispbs is not None)
-    parameters: dict[str, Any] = {"limit": limit, "ispbs": list(ispbs or [])}
+    parameters: dict[str, Any] = {
+        "limit": limit,
+        "ispbs": list(ispbs or []),
+        "everyone": None if everyone is None else list(everyone),
+    }
     rows = connection.exec_driver_sql(statement, parameters).fetchall()
     return sorted((row[0], row[1], row[2]) for row in rows)
 
