@@ -33,9 +33,26 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     @classmethod
     def from_config_value(cls, inst_data: Any, config_value: Any) -> PooledPostgresStorage:
         storage = super().from_config_value(inst_data, config_value)
-        for part in (storage._run_storage, storage._event_log_storage, storage._schedule_storage):
+        parts = (storage._run_storage, storage._event_log_storage, storage._schedule_storage)
+        for part in parts:
             pool_connections(part)
+        # Disposing an instance disposes its run and event-log storages (not the schedule
+        # storage), and dagster-postgres's dispose leaves the engines alone: a code server
+        # builds an instance per sensor evaluation, so close all three pools right there.
+        close_pools_on_dispose(storage._run_storage, parts)
         return storage  # type: ignore[return-value]
+
+
+def close_pools_on_dispose(owner: Any, parts: tuple[Any, ...]) -> None:
+    """After ``owner.dispose()``, dispose of the engine of every one of ``parts``."""
+    dispose = owner.dispose
+
+    def dispose_and_close() -> None:
+        dispose()
+        for part in parts:
+            part._engine.dispose()
+
+    owner.dispose = dispose_and_close
 
 
 def pool_connections(part: Any) -> None:

@@ -170,3 +170,40 @@ def test_runs_on_the_deployed_instance_reuse_connections_and_survive_losing_them
             assert stored is not None and stored.status == dg.DagsterRunStatus.SUCCESS
     finally:
         sa.event.remove(sa.engine.Engine, "connect", count)
+
+
+def test_disposing_an_instance_closes_its_pooled_connections(
+    instance_home: Path, db_url: URL, pg_server: SessionServer
+) -> None:
+    """A code server builds an instance per sensor evaluation: each must give its pooled
+    connections back when disposed, or they pile up until the garbage collector runs."""
+    instance_db = os.environ["DAGSTER_PG_DB"]
+    admin = create_db_engine(pg_server.admin)
+    resources = {
+        "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False))
+    }
+
+    def open_connections() -> int:
+        with admin.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": instance_db},
+                ).scalar()
+                or 0
+            )
+
+    try:
+        for _ in range(3):
+            with dg.DagsterInstance.from_config(str(instance_home)) as instance:
+                job = defs.resolve_job_def("retention_job")
+                assert job.execute_in_process(instance=instance, resources=resources).success
+                assert instance.get_runs_count() >= 1  # the schedule storage's pool too
+                instance.all_instigator_state()
+                assert open_connections() > 0
+            assert open_connections() == 0
+    finally:
+        admin.dispose()

@@ -128,14 +128,16 @@ def test_bridge_errors_are_counted_by_class(
 def test_sharded_sweeps_add_up_and_the_least_recent_shard_sets_the_last_sweep(
     engine: Engine, exporter_port: int
 ) -> None:
-    """Two shards' latest sweeps count together; the stalled shard (its latest sweep 20 min
-    old) sets the last-sweep time, so staleness shows; a shard of an old split drops out."""
+    """The shards of the newest sweep's split count together; the stalled shard (its latest
+    sweep 90 min old) sets the last-sweep time, so staleness shows however long it stalls;
+    sweeps of an earlier split (three shards, half an hour ago) are not counted."""
     base = dt.datetime(2026, 2, 28, 23, 30, tzinfo=dt.timezone.utc)
     sweeps = [  # (minutes after base, shard, participants, answered, failed, duration)
-        (-180, "0/3", 9, 9, 0, 99.0),  # an earlier split, hours before the newest sweep
+        (-90, "1/2", 5, 5, 0, 3.5),  # shard 1 has not swept since
+        (-30, "0/3", 9, 9, 0, 99.0),  # an earlier split, within the hour
+        (-30, "1/3", 9, 9, 0, 99.0),  # the same instant: both kept
         (0, "0/2", 5, 5, 0, 1.5),
         (20, "0/2", 5, 4, 1, 2.5),
-        (0, "1/2", 5, 5, 0, 3.5),  # shard 1 has not swept since
     ]
     with engine.begin() as connection:
         for minutes, shard, participants, answered, failed, duration in sweeps:
@@ -155,10 +157,21 @@ def test_sharded_sweeps_add_up_and_the_least_recent_shard_sets_the_last_sweep(
     assert value(samples, "dict_rate_limit_monitoring_participants_answered") == 4 + 5
     assert value(samples, "dict_rate_limit_monitoring_participants_failed") == 1
     assert value(samples, "dict_rate_limit_monitoring_duration_seconds") == 3.5
-    assert value(samples, "dict_rate_limit_monitoring_last_sweep_timestamp_seconds") == (
-        base.timestamp()
+    assert (
+        value(samples, "dict_rate_limit_monitoring_last_sweep_timestamp_seconds")
+        == (base - dt.timedelta(minutes=90)).timestamp()
     )
-    assert value(samples, "dict_rate_limit_monitoring_sweeps_total") == 4
+    assert value(samples, "dict_rate_limit_monitoring_sweeps_total") == 5
+
+    with engine.begin() as connection:  # back to one run per tick: only that sweep counts
+        record_tick(
+            connection, polled_at=base + dt.timedelta(minutes=25), participants=10,
+            answered=10, failed=0, readings=280, bridge_errors={}, bridge_seconds=1.0,
+            duration_seconds=2.0,
+        )  # fmt: skip
+    samples = scrape(exporter_port)
+    assert value(samples, "dict_rate_limit_monitoring_participants_answered") == 10
+    assert value(samples, "dict_rate_limit_monitoring_duration_seconds") == 2.0
 
 
 def test_a_database_that_is_down_fails_the_scrape_cleanly() -> None:

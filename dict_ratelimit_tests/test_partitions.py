@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -233,3 +235,34 @@ def test_a_detach_left_pending_by_an_interrupted_run_is_finished(engine: Engine)
     assert pending is True
     changes = apply_retention(engine, RetentionPolicy(retention_months=1), dt.date(2026, 11, 1))
     assert old in changes.dropped and old not in changes.unmanaged
+
+
+def test_two_shards_creating_the_same_missing_month_both_succeed(engine: Engine) -> None:
+    """Two shards store into a month that has no partition yet, at the same moment: one
+    creates it, the other waits for that commit and finds it (no "already exists" failure
+    that would lose its readings)."""
+    month = dt.date(2031, 7, 1)
+    created = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def first() -> None:
+        with engine.begin() as connection:
+            outcome["first"] = create_partition(connection, "monitor_tick", month)
+            created.set()
+            time.sleep(0.5)  # still uncommitted while the second one tries
+
+    def second() -> None:
+        created.wait(10)
+        try:
+            with engine.begin() as connection:
+                outcome["second"] = create_partition(connection, "monitor_tick", month)
+        except sa.exc.DBAPIError as error:
+            outcome["second"] = error
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert outcome == {"first": True, "second": False}
+    assert month in _months(engine, "monitor_tick")

@@ -157,14 +157,16 @@ def test_the_watchdog_steps_in_when_one_shard_has_not_succeeded_recently(
         result = watchdog.evaluate_tick(soon)
         assert result.run_requests == [] and "oldest of 2 shards" in result.skip_message
 
-        # shard 1 failed, shard 0 succeeded: ten minutes on, shard 1's participants have
-        # had no tick, and the watchdog runs the alerts for everyone
+    # shard 0 succeeded a moment ago, shard 1's run failed: shard 1's participants have had
+    # no tick, and three minutes on the watchdog runs the alert step for everyone
+    with dg.instance_for_test() as instance:
         _finish(instance, _add_run(instance, dg.DagsterRunStatus.STARTED, {SHARD_KEY: "0/2"}))
         failed = _add_run(instance, dg.DagsterRunStatus.STARTED, {SHARD_KEY: "1/2"})
         instance.report_run_failed(instance.get_run_by_id(failed))
-        later = ended_at + dt.timedelta(minutes=11)
+        ended = max(r.end_time for r in instance.get_run_records() if r.end_time)
+        soon = dt.datetime.fromtimestamp(ended, dt.timezone.utc) + dt.timedelta(minutes=3)
         [request] = watchdog.evaluate_tick(
-            _schedule_context(instance, definitions, later)
+            _schedule_context(instance, definitions, soon)
         ).run_requests
         assert SHARD_KEY not in request.tags  # the watchdog looks after every participant
         assert request.tags.items() >= SERIAL_TAG.items()

@@ -102,22 +102,30 @@ SELECT ispb, opened AS created, resolved FROM dict_ratelimit.alert_counter
 
 # the newest sweep: ordered on the column itself (an index scan of the newest partition),
 # not on an output expression
-# The latest sweep of each shard (a sharded tick stores one row per shard), over the shards
-# seen in the hour before the newest sweep (a shard of an earlier split drops out): the
-# slowest duration, the oldest of the latest sweeps (a stalled shard makes the monitor look
-# stale, as it is for its participants), and the participants of all shards together.
+# The latest sweep of every shard of the current split (the split of the newest sweep: `all`,
+# or each INDEX/COUNT of its COUNT), however old: the slowest duration, the oldest of the
+# latest sweeps (a stalled shard makes the monitor look stale, as it is for its participants)
+# and the participants of all shards together; sweeps of an earlier split do not count.
 _LATEST_TICK = """
-WITH recent AS (
-    SELECT DISTINCT ON (t.shard) t.*
-    FROM dict_ratelimit.monitor_tick AS t
-    WHERE t.polled_at > (SELECT max(polled_at) FROM dict_ratelimit.monitor_tick)
-                        - interval '1 hour'
-    ORDER BY t.shard, t.polled_at DESC
+WITH newest AS (
+    SELECT shard FROM dict_ratelimit.monitor_tick ORDER BY polled_at DESC LIMIT 1
+), labels AS (
+    SELECT CASE WHEN n.shard = 'all' THEN 'all' ELSE g || '/' || split_part(n.shard, '/', 2) END
+           AS shard
+    FROM newest AS n,
+         generate_series(0, CASE WHEN n.shard = 'all' THEN 0
+                                 ELSE split_part(n.shard, '/', 2)::int - 1 END) AS g
+), latest AS (
+    SELECT t.* FROM labels AS l
+    CROSS JOIN LATERAL (
+        SELECT * FROM dict_ratelimit.monitor_tick AS m
+        WHERE m.shard = l.shard ORDER BY m.polled_at DESC LIMIT 1
+    ) AS t
 )
 SELECT extract(epoch FROM min(polled_at)) AS polled_epoch,
        max(duration_seconds) AS duration_seconds, max(bridge_seconds) AS bridge_seconds,
        sum(participants) AS participants, sum(answered) AS answered, sum(failed) AS failed
-FROM recent HAVING count(*) > 0
+FROM latest HAVING count(*) > 0
 """
 
 _MONITOR_COUNTERS = """

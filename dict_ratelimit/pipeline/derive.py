@@ -114,9 +114,10 @@ def derive_window(
     report = DeriveReport(mode="window")
     started = time.perf_counter()
     with engine.begin() as connection:
-        # not beside a tick's derive step (shards run alongside a backfill): one writer of a
-        # policy's rows at a time
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
+        # No derive lock: a backfill of months would hold back the watch lane and the ticks
+        # for its whole transaction. A tick's derive step beside it (the watch lane, a shard)
+        # computes the same rows from the same snapshots; where both write one, PostgreSQL
+        # makes the later writer wait for the earlier one's commit.
         pairs = load_window_pairs(connection, start, end)
         report.timings["load_seconds"] = time.perf_counter() - started
         _compute_and_write(connection, report, pairs, thresholds, (start, end))

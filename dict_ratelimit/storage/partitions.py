@@ -120,14 +120,33 @@ def _bound(month: dt.date) -> str:
     return text
 
 
+def _exists(connection: Connection, name: str) -> bool:
+    # a query of pg_class sees what committed before this statement; to_regclass would answer
+    # from the backend's catalog caches, stale until it next locks a relation
+    return bool(
+        connection.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_class AS c "
+                "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND c.relname = :name)"
+            ),
+            {"schema": SCHEMA, "name": name},
+        ).scalar()
+    )
+
+
 def create_partition(connection: Connection, parent: str, month: dt.date) -> bool:
     """Create the partition of ``parent`` for ``month`` unless it exists; True when created."""
     name = partition_name(parent, month)
-    exists = connection.execute(
-        sa.text("SELECT to_regclass(:qualified) IS NOT NULL"),
-        {"qualified": f"{SCHEMA}.{name}"},
-    ).scalar()
-    if exists:
+    if _exists(connection, name):
+        return False
+    # Shards storing at the same moment into a month without its partition: one creates it,
+    # the others wait for its commit here and then find it. (Only when it is missing: a lock
+    # held to the end of every store would put the shards' stores in a queue.)
+    connection.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"{SCHEMA}.{name}"}
+    )
+    if _exists(connection, name):
         return False
     connection.execute(
         sa.text(

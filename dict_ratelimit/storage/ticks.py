@@ -47,9 +47,9 @@ def record_tick(
     duration_seconds: float,
     shard: str = "all",
 ) -> None:
-    """Store one sweep and add it to the running counters (caller's transaction); the same
-    ``polled_at`` twice (of the same ``shard``: ``all``, or ``INDEX/COUNT``) is kept, and
-    counted, once."""
+    """Store one sweep of ``shard`` (``all``, or ``INDEX/COUNT``) and add it to the running
+    counters (caller's transaction); the same ``polled_at`` of the same shard twice is kept,
+    and counted, once."""
     ensure_month_partitions(connection, "monitor_tick", [polled_at])
     connection.execute(
         sa.text(_RECORD),
