@@ -300,3 +300,18 @@ def test_shards_side_by_side_store_and_alert_exactly_like_one_unsharded_tick(
         "GROUP BY shard ORDER BY shard",
     )
     assert shards == [("0/2", 9, 18), ("1/2", 9, 18)]
+
+
+def test_a_shard_with_no_participant_runs_and_stores_an_empty_sweep(
+    sim: RunningSimulator, db_url: URL
+) -> None:
+    """More shards than participants (four participants, shard 5 of 6): the run succeeds,
+    polls nobody, and says so."""
+    resources = monitor_resources(sim, db_url, list(PARTICIPANTS))
+    run = run_tick(sim, resources, tags={SHARD_KEY: "5/6"})
+    assert run.success
+    [snapshots] = materializations(run, "policy_snapshots")
+    assert snapshots.metadata["participants_monitored"].value == 0
+    assert snapshots.metadata["rows_inserted"].value == 0
+    [alerts] = materializations(run, "alerts")
+    assert alerts.metadata["events_written"].value == 0
