@@ -8,6 +8,7 @@ import dagster as dg
 
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
 from dict_ratelimit.defs.events import PULSAR_ALERT_EVENTS, publish_alert_events
+from dict_ratelimit.defs.failures import email_on_run_failure
 from dict_ratelimit.defs.metrics import derive_metrics_and_levels
 from dict_ratelimit.defs.monitor import metrics_job, monitor_job, monitor_schedule
 from dict_ratelimit.defs.resources import default_resources
@@ -25,6 +26,13 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
     """
     settings = get_settings()
     resources = {**default_resources(settings), **(resources or {})}
+    jobs: list[dg.UnresolvedAssetJobDefinition] = [
+        monitor_job,
+        metrics_job,
+        retention_job,
+        alert_watchdog_job,
+    ]
+    failure_email = email_on_run_failure(settings, jobs)
     return dg.Definitions(
         assets=[
             DICT_BRIDGE,
@@ -33,7 +41,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             alerts,
             PULSAR_ALERT_EVENTS,
         ],
-        jobs=[monitor_job, metrics_job, retention_job, alert_watchdog_job],
+        jobs=jobs,
         schedules=[
             monitor_schedule(settings.monitor_cron, settings.monitor_shards),
             retention_schedule(settings.retention_months, settings.months_ahead),
@@ -42,6 +50,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
         sensors=[
             publish_alert_events,
             watch_sensor(settings.watch_interval_seconds, enabled=settings.watch),
+            *([failure_email] if failure_email else []),
         ],
         resources=resources,
     )

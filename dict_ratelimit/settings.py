@@ -13,7 +13,7 @@ import datetime as dt
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,7 +32,8 @@ CATEGORIES = "ABCDEFGH"
 THRESHOLDS_FILE_MAX_BYTES = 256 * 1024
 #: Fields whose values must never appear in an error message.
 SECRET_FIELDS = {"database_url", "bridge_token", "bridge_tls_client_key", "pulsar_token",
-                 "pulsar_tls_client_key"}  # fmt: skip
+                 "pulsar_tls_client_key", "failure_email_smtp_password"}  # fmt: skip
+EMAIL = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+")
 
 
 def project_root() -> Path:
@@ -167,6 +168,19 @@ class Settings(BaseSettings):
     pulsar_tls_validate_hostname: bool = True
     pulsar_allow_plaintext_token: bool = False
 
+    # -- failures of the monitor's own runs ------------------------------------------------
+    #: Where an e-mail goes when a run of ours fails; empty: no e-mail sensor.
+    failure_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    failure_email_from: str | None = None
+    failure_email_smtp_host: str | None = None
+    failure_email_smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    #: SSL (implicit TLS, port 465) or STARTTLS (port 587); Dagster's sender allows no plain text.
+    failure_email_smtp_type: Literal["SSL", "STARTTLS"] = "STARTTLS"
+    failure_email_smtp_user: str | None = None
+    failure_email_smtp_password: SecretStr | None = None
+    #: Base URL of the Dagster UI, for the run link in the e-mail.
+    dagster_ui_url: str | None = None
+
     @field_validator("participants", mode="before")
     @classmethod
     def _participants(cls, value: Any) -> list[str]:
@@ -176,6 +190,17 @@ class Settings(BaseSettings):
     @classmethod
     def _served(cls, value: Any) -> dict[str, str]:
         return parse_served(value) if isinstance(value, str) else value
+
+    @field_validator("failure_email_to", mode="before")
+    @classmethod
+    def _failure_email_to(cls, value: Any) -> list[str]:
+        if not isinstance(value, str):
+            return value
+        addresses = [address.strip() for address in value.split(",") if address.strip()]
+        bad = [address for address in addresses if not EMAIL.fullmatch(address)]
+        if bad:
+            raise ValueError(f"not e-mail addresses: {', '.join(map(repr, bad))}")
+        return addresses
 
     @field_validator("extra_policies", mode="before")
     @classmethod
@@ -257,6 +282,14 @@ class Settings(BaseSettings):
             problems.append(
                 f"{PREFIX}PULSAR_TLS_CLIENT_CERT / _TLS_CLIENT_KEY: mutual TLS needs both"
             )
+        if self.failure_email_to:
+            missing = [
+                f"{PREFIX}FAILURE_EMAIL_{name.upper()}"
+                for name in ("from", "smtp_host", "smtp_password")
+                if not getattr(self, f"failure_email_{name}")
+            ]
+            if missing:
+                problems.append(f"{PREFIX}FAILURE_EMAIL_TO is set: also set {', '.join(missing)}")
         if self.thresholds_file is not None:
             from dict_ratelimit.domain.thresholds import ThresholdConfigError
             from dict_ratelimit.thresholds_file import load_threshold_file

@@ -59,9 +59,17 @@ def _worst(result: PollResult) -> dict[str, Any]:
     }
 
 
+#: A sweep every five minutes: warn after two missed, fail after three (the UI shows a stale
+#: monitor without our own watchdog; Dagster's freshness daemon evaluates it).
+SNAPSHOTS_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=dt.timedelta(minutes=15), warn_window=dt.timedelta(minutes=10)
+)
+
+
 @dg.asset(
     deps=[DICT_BRIDGE],
     group_name="dict",
+    freshness_policy=SNAPSHOTS_FRESHNESS,
     kinds={"postgres"},
     description="Every monitored participant's DICT buckets, appended to "
     "dict_ratelimit.policy_snapshot (one row per policy and DICT ResponseTime).",
