@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.events.cloudevents import TYPE_PREFIX
+from dict_ratelimit.logs import LOG_FORMATS, LogFormat, configure_logging
 from dict_ratelimit.settings import Settings, SettingsError, get_settings, parse_served
 from dict_ratelimit.storage.database import (
     DatabaseUnavailable,
@@ -67,15 +68,24 @@ def _database(settings: Settings) -> Iterator[tuple[URL, Engine]]:
             server.stop()
 
 
+log = logging.getLogger("dict_ratelimit.cli")
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
-def main(verbose: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar="DICT_RATELIMIT_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="text, or one JSON object per line (also DICT_RATELIMIT_LOG_FORMAT; `dev` passes it "
+    "on to the processes it starts, Dagster's included).",
+)
+def main(verbose: bool, log_format: LogFormat) -> None:
     """dict-ratelimit: DICT token-bucket monitoring for a Pix participant."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.INFO, log_format)
+    os.environ["DICT_RATELIMIT_LOG_FORMAT"] = log_format  # for the processes `dev` starts
     if not verbose:
         for noisy in ("yoyo", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -185,9 +195,20 @@ def _psql_binary() -> str:
 
 
 @main.command()
-def dev() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help="Logs of every process started (ours and Dagster's): text, or JSON lines.",
+)
+def dev(log_format: LogFormat | None) -> None:
     """Run the whole system on embedded defaults: PostgreSQL, migrations, Dagster UI + daemon."""
     from dict_ratelimit.devstack import run_dev
+
+    if log_format is not None:
+        configure_logging(logging.getLogger().level, log_format)
+        os.environ["DICT_RATELIMIT_LOG_FORMAT"] = log_format
+        get_settings.cache_clear()
 
     try:
         sys.exit(run_dev(_settings()))
@@ -362,7 +383,7 @@ def exporter(host: str, port: int) -> None:
             statement_timeout_seconds=3.0,
         )
         server, _thread = start_exporter(engine, host, port)
-        click.echo(f"exporter serving http://{host}:{server.server_port}/metrics", err=True)
+        log.info("exporter serving http://%s:%s/metrics", host, server.server_port)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -71,6 +71,17 @@ def dagster_environment(url: URL, instance_url: URL, home: Path) -> dict[str, st
     }
 
 
+def dagster_dev_command(settings: Settings) -> list[str]:
+    """``dagster dev`` on our workspace, logging in our format (JSON lines when asked)."""
+    return [
+        sys.executable, "-m", "dagster", "dev",
+        "-w", str(project_root() / "workspace.yaml"),
+        "-h", settings.dagster_host,
+        "-p", str(settings.dagster_port),
+        "--log-format", "json" if settings.log_format == "json" else "colored",
+    ]  # fmt: skip
+
+
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float | None:
     """Seconds until ``url`` answers 200, or None if the process died or time ran out."""
     started = time.monotonic()
@@ -233,18 +244,7 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         exporter, metrics_url = start_exporter_process(settings, env)
         children.append(exporter)
         print(f"Prometheus exporter: {metrics_url}", flush=True)
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-w",
-            str(project_root() / "workspace.yaml"),
-            "-h",
-            settings.dagster_host,
-            "-p",
-            str(settings.dagster_port),
-        ]
+        command = dagster_dev_command(settings)
         # cwd = DAGSTER_HOME: from the project root Dagster would warn about the template there.
         dagster = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
         children.append(dagster)

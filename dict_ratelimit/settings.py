@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     exporter_port: int = Field(default=9464, ge=0, le=65535)
     exporter_scrape_timeout_seconds: float = Field(default=4.0, gt=0, le=60)
     monitor_cron: str = "*/5 * * * *"
+    #: Our processes' log lines: text, or one JSON object per line (dict_ratelimit/logs.py).
+    log_format: Literal["text", "json"] = "text"
     #: Runs per tick, each polling its share of the participants (domain.shards).
     monitor_shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
     simulator_participants: Annotated[dict[str, str], NoDecode] = Field(

@@ -1,0 +1,105 @@
+"""Structured logs: one JSON object per line when asked, and never a secret in any format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from dict_ratelimit.devstack import dagster_dev_command
+from dict_ratelimit.logs import configure_logging, mask_secrets
+from dict_ratelimit.settings import Settings
+from dict_ratelimit.storage.embedded import free_port
+from dict_ratelimit_tests.prometheus_tools import scrape, value
+
+SECRET = "s3cr3t-pw"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_a_json_line_parses_with_its_participant_and_policy_and_no_secret(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(logging.INFO, "json")
+    log = logging.getLogger("dict_ratelimit.test")
+    log.warning(
+        "no reading from %s: %s",
+        f"postgresql+psycopg2://app:{SECRET}@db:5432/dict",
+        f"authorization: Bearer {SECRET}",
+        extra={"ispb": "12345678", "policy": "ENTRIES_READ_PARTICIPANT_ANTISCAN"},
+    )
+    log.debug("below the level: not written")
+    [line] = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "WARNING" and record["logger"] == "dict_ratelimit.test"
+    assert record["ispb"] == "12345678"
+    assert record["policy"] == "ENTRIES_READ_PARTICIPANT_ANTISCAN"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", record["time"])
+    assert record["message"] == (
+        "no reading from postgresql+psycopg2://app:***@db:5432/dict: authorization: Bearer ***"
+    )
+    assert SECRET not in line
+
+
+def test_text_lines_are_masked_too(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(logging.INFO, "text")
+    logging.getLogger("x").error("connect to pulsar+ssl://svc:%s@broker:6651 failed", SECRET)
+    err = capsys.readouterr().err
+    assert "pulsar+ssl://svc:***@broker:6651" in err and SECRET not in err
+    assert mask_secrets("https://host/path?q=1") == "https://host/path?q=1"  # nothing to mask
+    assert mask_secrets("user@example.com") == "user@example.com"
+
+
+def test_the_exporter_logs_json_lines_without_the_database_password() -> None:
+    url = f"postgresql://monitor:{SECRET}@127.0.0.1:{free_port()}/x"
+    env = {**os.environ, "DATABASE_URL": url, "DICT_RATELIMIT_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dict_ratelimit.cli", "exporter", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = json.loads(process.stderr.readline())
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first["message"])
+        assert match, first
+        samples = scrape(int(match.group(1)))  # the database is down: logged, and served as 0
+        assert value(samples, "dict_rate_limit_exporter_database_up") == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=15)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "the exporter logged nothing about the database being down"
+    for line in lines:
+        record = json.loads(line)  # every line one object
+        assert {"time", "level", "logger", "message"} <= record.keys()
+    assert SECRET not in err
+
+
+def test_dev_asks_dagster_for_json_logs_when_ours_are_json() -> None:
+    json_command = dagster_dev_command(Settings(log_format="json"))  # type: ignore[call-arg]
+    assert json_command[json_command.index("--log-format") + 1] == "json"
+    text_command = dagster_dev_command(Settings())  # type: ignore[call-arg]
+    assert text_command[text_command.index("--log-format") + 1] == "colored"
+    with pytest.raises(ValueError, match="log_format"):
+        Settings(log_format="xml")  # type: ignore[call-arg]
