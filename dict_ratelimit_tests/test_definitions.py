@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def test_deployed_instance_config_stores_runs_in_postgres(instance_home: Path, d
     with dg.DagsterInstance.from_config(str(instance_home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        # the `concurrency:` section of dagster.yaml, as the daemon's queue reads it
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         per_value = {"applyLimitPerUniqueValue": True}  # one run per shard, and per "monitor"
         assert {"key": "dict_ratelimit/serial", "value": per_value, "limit": 1} in limits
         assert instance.scheduler.max_catchup_runs == 1
@@ -204,6 +206,10 @@ def test_disposing_an_instance_closes_its_pooled_connections(
                 assert instance.get_runs_count() >= 1  # the schedule storage's pool too
                 instance.all_instigator_state()
                 assert open_connections() > 0
+            # a closed connection's backend takes a moment to leave pg_stat_activity
+            deadline = time.monotonic() + 5
+            while open_connections() and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert open_connections() == 0
     finally:
         admin.dispose()

@@ -164,7 +164,13 @@ def test_the_scan_attack_shows_up_as_demand_censoring_and_levels(
     [levels] = materializations(result, "threshold_evaluations")
     assert levels.metadata["count_critical"].value + levels.metadata["count_exhausted"].value >= 2
     [metrics] = materializations(result, "policy_metrics")
-    assert ANTISCAN in metrics.metadata["worst_by_remaining_ratio"].value
+    worst = metrics.metadata["worst_by_remaining_ratio"]
+    assert isinstance(worst, dg.TableMetadataValue)  # a table the UI sorts, not markdown
+    assert [c.type for c in worst.schema.columns] == ["string", "float", "int", "int"]
+    policies = [record.data["policy"] for record in worst.records]
+    assert any(policy.endswith(ANTISCAN) for policy in policies)
+    ratios = [record.data["remaining_ratio"] for record in worst.records]
+    assert ratios == sorted(ratios) and all(isinstance(r, float) for r in ratios)
 
 
 def test_without_request_stats_the_404_share_is_unknown_not_zero(

@@ -62,7 +62,9 @@ def test_job_creates_and_drops_partitions_and_reports_them(db_url: URL, engine: 
     assert "dict_ratelimit.policy_snapshot_y2029m04" in metadata["dropped"]
     assert metadata["dropped_count"] == len(metadata["dropped"])
     assert 0 <= metadata["parent_lock_seconds_max"] < 5  # DETACH … CONCURRENTLY per month
-    assert "policy_snapshot_y2029m04" in metadata["drops"]
+    drops = {record.data["partition"]: record.data for record in metadata["drops"].records}
+    assert "dict_ratelimit.policy_snapshot_y2029m04" in drops
+    assert all(row["parent_lock_ms"] >= 0 and row["drop_ms"] >= 0 for row in drops.values())
     with engine.connect() as connection:
         months = [p.month for p in existing_partitions(connection, "policy_snapshot")[0]]
     assert months[0] == dt.date(2029, 5, 1) and months[-1] == dt.date(2030, 8, 1)

@@ -22,13 +22,15 @@ from dict_ratelimit.defs.resources import (
     ClockResource,
     PostgresResource,
 )
+from dict_ratelimit.defs.tables import metadata_table
 from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_shard, shard_scope
 from dict_ratelimit.domain.shards import all_shards
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 from dict_ratelimit.storage.outbox import backlog
 
 
-def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
+def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> dg.MetadataValue:
+    """The open alerts, NODATA first, then the most severe, then the oldest."""
     rows = connection.execute(
         sa.text(
             "SELECT ispb, policy, status, severity, opened_at, lowest_remaining_ratio "
@@ -38,19 +40,25 @@ def _open_alerts_table(connection: sa.Connection, limit: int = 10) -> str:
         ),
         {"limit": limit},
     ).fetchall()
-    if not rows:
-        return "(none)"
-    lines = ["| alert | status | severity | open since | lowest left |", "|---|---|---|---|---:|"]
-    for row in rows:
-        lowest = "" if row.lowest_remaining_ratio is None else f"{row.lowest_remaining_ratio:.1%}"
-        lines.append(
-            f"| {row.ispb}/{row.policy} | {row.status} | {row.severity} | "
-            f"{row.opened_at:%Y-%m-%d %H:%M} UTC | {lowest} |"
-        )
-    return "\n".join(lines)
+    return metadata_table(
+        [("alert", "string"), ("status", "string"), ("severity", "string"),
+         ("opened_at", "string"), ("lowest_remaining_ratio", "float")],
+        [
+            {
+                "alert": f"{row.ispb}/{row.policy}",
+                "status": row.status,
+                "severity": row.severity,
+                "opened_at": row.opened_at.isoformat(),
+                "lowest_remaining_ratio": row.lowest_remaining_ratio,
+            }
+            for row in rows
+        ],
+    )  # fmt: skip
 
 
-def _metadata(report: AlertReport, waiting: int, table: str, report_now: str) -> dict[str, Any]:
+def _metadata(
+    report: AlertReport, waiting: int, table: dg.MetadataValue, report_now: str
+) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     for transition in report.transitions:
         kinds[transition.kind.value] = kinds.get(transition.kind.value, 0) + 1
@@ -63,7 +71,7 @@ def _metadata(report: AlertReport, waiting: int, table: str, report_now: str) ->
         "open_exhausted": report.open_by_severity.get("EXHAUSTED", 0),
         "open_nodata": report.nodata_open,
         "outbox_unpublished": waiting,
-        "open_alerts": dg.MetadataValue.md(table),
+        "open_alerts": table,
         "now": report_now,
         **{name: round(value, 3) for name, value in report.timings.items()},
     }

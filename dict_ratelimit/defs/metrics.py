@@ -19,6 +19,7 @@ import pandas as pd
 
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.defs.snapshots import policy_snapshots
+from dict_ratelimit.defs.tables import metadata_table
 from dict_ratelimit.defs.tags import run_shard, shard_scope
 from dict_ratelimit.pipeline.derive import DeriveReport, derive_backlog, derive_window
 from dict_ratelimit.settings import get_settings
@@ -51,18 +52,21 @@ THRESHOLD_EVALUATIONS = dg.AssetSpec(
 )
 
 
-def _top(frame: pd.DataFrame, column: str, label: str, limit: int = 5) -> dg.MetadataValue:
-    if frame.empty:
-        return dg.MetadataValue.md("(none)")
-    rows = frame.dropna(subset=[column]).nsmallest(limit, column)
-    lines = [f"| policy | {label} | available | capacity |", "|---|---:|---:|---:|"]
-    for row in rows.itertuples(index=False):
-        value = getattr(row, column)
-        shown = f"{value:.1%}" if column == "remaining_ratio" else f"{value:,.0f} s"
-        lines.append(
-            f"| {row.ispb}/{row.policy} | {shown} | {row.available_tokens:,} | {row.capacity:,} |"
-        )
-    return dg.MetadataValue.md("\n".join(lines) if len(lines) > 2 else "(none)")
+def _top(frame: pd.DataFrame, column: str, limit: int = 5) -> dg.MetadataValue:
+    """The ``limit`` policies with the smallest ``column`` (least left, first 429 soonest)."""
+    rows = frame if frame.empty else frame.dropna(subset=[column]).nsmallest(limit, column)
+    return metadata_table(
+        [("policy", "string"), (column, "float"), ("available_tokens", "int"), ("capacity", "int")],
+        [
+            {
+                "policy": f"{row['ispb']}/{row['policy']}",
+                column: round(float(row[column]), 4),
+                "available_tokens": int(row["available_tokens"]),
+                "capacity": int(row["capacity"]),
+            }
+            for row in rows.to_dict("records")
+        ],
+    )
 
 
 def _metrics_metadata(report: DeriveReport, window: str) -> dict[str, Any]:
@@ -79,8 +83,8 @@ def _metrics_metadata(report: DeriveReport, window: str) -> dict[str, Any]:
         "censored_empty": int(censored.get("empty", 0)),
         "censored_full": int(censored.get("full", 0)),
         "without_estimate": dg.MetadataValue.json({str(k): int(v) for k, v in notes.items()}),
-        "worst_by_remaining_ratio": _top(frame, "remaining_ratio", "left"),
-        "worst_by_time_to_429": _top(frame, "time_to_429_s", "first 429 in"),
+        "worst_by_remaining_ratio": _top(frame, "remaining_ratio"),
+        "worst_by_time_to_429": _top(frame, "time_to_429_s"),
         **{name: round(value, 3) for name, value in report.timings.items()},
     }
 
@@ -100,10 +104,17 @@ def _evaluations_metadata(report: DeriveReport) -> dict[str, Any]:
         if not latest.empty
         else latest
     )
-    lines = ["| policy | level | left |", "|---|---|---:|"] + [
-        f"| {r.ispb}/{r.policy} | {r.level} | {r.remaining_ratio:.1%} |"
-        for r in alarming.head(10).itertuples(index=False)
-    ]
+    not_ok = metadata_table(
+        [("policy", "string"), ("level", "string"), ("remaining_ratio", "float")],
+        [
+            {
+                "policy": f"{r.ispb}/{r.policy}",
+                "level": r.level,
+                "remaining_ratio": round(float(r.remaining_ratio), 4),
+            }
+            for r in alarming.head(10).itertuples(index=False)
+        ],
+    )
     return {
         "mode": "incremental (backlog)" if report.mode == "backlog" else "recompute window",
         "rows_written": report.evaluation_rows,
@@ -112,7 +123,7 @@ def _evaluations_metadata(report: DeriveReport) -> dict[str, Any]:
         "count_warning": int(levels.get("WARNING", 0)),
         "count_critical": int(levels.get("CRITICAL", 0)),
         "count_exhausted": int(levels.get("EXHAUSTED", 0)),
-        "latest_not_ok": dg.MetadataValue.md("\n".join(lines) if len(lines) > 2 else "(none)"),
+        "latest_not_ok": not_ok,
     }
 
 

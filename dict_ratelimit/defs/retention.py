@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field, ValidationInfo, field_validator
 
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource
+from dict_ratelimit.defs.tables import metadata_table
 from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.storage.outbox import purge_published
 from dict_ratelimit.storage.partitions import PartitionChanges, apply_retention
@@ -87,16 +88,19 @@ class RetentionConfig(dg.Config):
         return now.astimezone(dt.timezone.utc).date()
 
 
-def _drops_table(changes: PartitionChanges) -> str:
-    if not changes.dropped:
-        return "(none)"
-    lines = ["| partition | parent locked (detach) | drop |", "|---|---:|---:|"]
-    for name in changes.dropped:
-        lines.append(
-            f"| {name} | {changes.parent_lock_seconds.get(name, 0.0) * 1000:.1f} ms "
-            f"| {changes.drop_seconds.get(name, 0.0) * 1000:.1f} ms |"
-        )
-    return "\n".join(lines)
+def _drops_table(changes: PartitionChanges) -> dg.MetadataValue:
+    """Per dropped month: how long its parent was locked (detach) and the drop took."""
+    return metadata_table(
+        [("partition", "string"), ("parent_lock_ms", "float"), ("drop_ms", "float")],
+        [
+            {
+                "partition": name,
+                "parent_lock_ms": round(changes.parent_lock_seconds.get(name, 0.0) * 1000, 1),
+                "drop_ms": round(changes.drop_seconds.get(name, 0.0) * 1000, 1),
+            }
+            for name in changes.dropped
+        ],
+    )
 
 
 def purge_old_runs(instance: dg.DagsterInstance, older_than_days: int, now: dt.datetime) -> int:
@@ -167,7 +171,7 @@ def maintain_partitions(
                 max(changes.parent_lock_seconds.values(), default=0.0), 4
             ),
             "drop_seconds_total": round(sum(changes.drop_seconds.values()), 4),
-            "drops": dg.MetadataValue.md(_drops_table(changes)),
+            "drops": _drops_table(changes),
             "dagster_runs_deleted": runs_deleted,
             "published_events_purged": events_purged,
             "partition_maintenance_seconds": round(partitions_seconds, 3),

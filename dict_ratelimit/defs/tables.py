@@ -1,0 +1,25 @@
+"""Tables in asset metadata as Dagster tables (typed columns the UI sorts), not markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+
+#: Column types the UI knows: string, int, float, bool.
+Column = tuple[str, str]
+
+
+def metadata_table(
+    columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]
+) -> dg.MetadataValue:
+    """``rows`` (dicts keyed by column name) as a table with ``columns`` (name, type);
+    a missing or None value is left empty."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({name: row[name] for name, _ in columns if row.get(name) is not None})
+            for row in rows
+        ],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
+    )
