@@ -382,7 +382,9 @@ def exporter(host: str, port: int) -> None:
             application_name="dict-ratelimit-exporter",
             statement_timeout_seconds=3.0,
         )
-        server, _thread = start_exporter(engine, host, port)
+        server, _thread = start_exporter(
+            engine, host, port, runbook_base_url=settings.runbook_base_url
+        )
         log.info("exporter serving http://%s:%s/metrics", host, server.server_port)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

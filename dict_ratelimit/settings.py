@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     alert_stale_after_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
     alert_settle_after_minutes: float = Field(default=4.0, ge=0, le=24 * 60)
     event_source: str = Field(default="urn:lbconn:dict-ratelimit:monitor", min_length=1)
+    #: Absolute URL of the published docs/runbook.md: links in the alert events and, through
+    #: the exporter's dict_rate_limit_runbook_info, in the Prometheus alerts.
+    runbook_base_url: str | None = None
     pulsar_url: str | None = None
     pulsar_topic: str = "persistent://lb-conn/dict/rate-limit-alerts"
     pulsar_producer_name: str = Field(default="dict-ratelimit-alert-publisher", min_length=1)
@@ -228,6 +231,13 @@ class Settings(BaseSettings):
         fields = value.split()
         if len(fields) != 5 or not all(CRON_FIELD.fullmatch(field) for field in fields):
             raise ValueError(f"not a five-field cron expression: {value!r}")
+        return value
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _runbook_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s#\"'<>]+", value):
+            raise ValueError(f"not an absolute http(s) URL without a fragment: {value!r}")
         return value
 
     @field_validator("pulsar_url")

@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import jsonschema
 import pytest
 
 from dict_ratelimit.domain.alert_model import stamp
@@ -18,7 +19,7 @@ from dict_ratelimit.domain.alerts import (
     check_stale,
 )
 from dict_ratelimit.domain.thresholds import Level, Thresholds
-from dict_ratelimit.events.cloudevents import to_cloudevent
+from dict_ratelimit.events.cloudevents import load_schema, to_cloudevent
 from dict_ratelimit_tests.outbox_fixtures import T0, observation
 
 pytestmark = pytest.mark.timebased
@@ -274,3 +275,25 @@ def test_readings_every_15_seconds_do_not_resolve_or_deescalate_before_the_settl
     assert (deescalated.at - calm[0].at) >= RULES.settle_after  # not at the second reading
     assert deescalated.at - calm[0].at < RULES.settle_after + dt.timedelta(seconds=16)
     assert resolved.at - clear[0].at == RULES.settle_after  # the first reading that qualifies
+
+
+def test_events_link_their_runbook_section_when_a_base_url_is_set() -> None:
+    _, transitions = run([0.5, 0.18, 0.05, 0.0, 0.15, 0.25, 0.35, 0.40])
+    base = "https://wiki.example.internal/dict-ratelimit/runbook"
+    links = [to_cloudevent(t, runbook_base_url=base)["data"]["runbook_url"] for t in transitions]
+    assert links == [
+        f"{base}#bucket-warning",  # opened at WARNING
+        f"{base}#bucket-critical",
+        f"{base}#bucket-exhausted",
+        f"{base}#bucket-warning",  # de-escalated
+        f"{base}#bucket-warning",  # resolved at WARNING
+    ]
+    _, [nodata] = check_stale(run([0.15])[0], T0 + dt.timedelta(minutes=16), RULES)
+    assert to_cloudevent(nodata, runbook_base_url=base)["data"]["runbook_url"] == (
+        f"{base}#snapshot-stale"
+    )
+    schema = load_schema()
+    for transition in (*transitions, nodata):
+        event = to_cloudevent(transition, runbook_base_url=base)
+        jsonschema.validate(event, schema, format_checker=jsonschema.FormatChecker())
+        assert "runbook_url" not in to_cloudevent(transition)["data"]  # unset: as before

@@ -358,3 +358,14 @@ def test_after_a_kill_9_and_a_restart_the_exporter_recovers_on_its_own(
         server.shutdown()
         thread.join(5)
         engine.dispose()
+
+
+def test_the_runbook_base_url_is_published_for_the_rules_links(engine: Engine) -> None:
+    """DICT_RATELIMIT_RUNBOOK_BASE_URL reaches the Prometheus alerts through an info series
+    (deploy/prometheus/tests: the links become absolute); unset, there is no such series."""
+    base = "https://wiki.example.internal/dict-ratelimit/runbook"
+    with_base = {f.name: f for f in DictRateLimitCollector(engine, runbook_base_url=base).collect()}
+    [sample] = with_base["dict_rate_limit_runbook_info"].samples
+    assert sample.labels == {"base_url": base} and sample.value == 1
+    without = {f.name for f in DictRateLimitCollector(engine).collect()}
+    assert "dict_rate_limit_runbook_info" not in without

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dict_ratelimit.settings import (
+    Settings,
     SettingsError,
     load_settings,
     parse_participants,
@@ -140,3 +141,11 @@ def test_the_cli_prints_one_line_and_exits_non_zero() -> None:
     assert result.stderr.strip().splitlines() == [
         "invalid configuration: DICT_RATELIMIT_PARTICIPANTS: not 8-digit ISPBs: 'abc'"
     ]
+
+
+def test_the_runbook_base_url_must_be_absolute_and_without_a_fragment() -> None:
+    ok = Settings(runbook_base_url="https://wiki.example.internal/dict/runbook.md")  # type: ignore[call-arg]
+    assert ok.runbook_base_url == "https://wiki.example.internal/dict/runbook.md"
+    for bad in ("docs/runbook.md", "https://wiki/runbook.md#top", "ftp://x/runbook"):
+        with pytest.raises(ValueError, match="absolute http"):
+            Settings(runbook_base_url=bad)  # type: ignore[call-arg]

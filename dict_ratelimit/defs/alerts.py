@@ -104,6 +104,7 @@ def alerts(
             participants=listed if members is None else members,
             now=now,
             source=alert_rules.event_source,
+            runbook_base_url=alert_rules.runbook_base_url,
             shard_only=members is not None,
             everyone=everyone,
         )

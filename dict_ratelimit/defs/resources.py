@@ -161,6 +161,7 @@ class AlertRulesResource(dg.ConfigurableResource):
     stale_after_minutes: float = 15.0
     settle_after_minutes: float = 4.0
     event_source: str = DEFAULT_SOURCE
+    runbook_base_url: str | None = None
 
     def rules(self) -> AlertRules:
         return AlertRules(
@@ -273,6 +274,7 @@ def alert_rules_resource(settings: Settings) -> AlertRulesResource:
         stale_after_minutes=settings.alert_stale_after_minutes,
         settle_after_minutes=settings.alert_settle_after_minutes,
         event_source=settings.event_source,
+        runbook_base_url=settings.runbook_base_url,
     )
 
 

@@ -49,6 +49,7 @@ def _pipeline_settings(
         max_concurrency=bridge.max_concurrency,
         stats_window=bridge.stats_window(),
         event_source=alert_rules.event_source,
+        runbook_base_url=alert_rules.runbook_base_url,
     )
 
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dict_ratelimit.domain.alerts import PARTICIPANT, Transition
+from dict_ratelimit.domain.alerts import PARTICIPANT, Kind, Transition
 
 TYPE_PREFIX = "com.lbconn.dict.ratelimit."
 DEFAULT_SOURCE = "urn:lbconn:dict-ratelimit:monitor"
@@ -42,8 +42,31 @@ def message_key(ispb: str, policy: str) -> str:
     return f"{ispb}/{policy}"
 
 
-def to_cloudevent(transition: Transition, source: str = DEFAULT_SOURCE) -> dict[str, Any]:
-    """The event document of one transition (deterministic: same transition, same bytes)."""
+#: The runbook section of an event, by kind (staleness) or severity (the bucket alerts):
+#: the same sections the Prometheus rules link to.
+_RUNBOOK_BY_SEVERITY = {
+    "EXHAUSTED": "bucket-exhausted",
+    "CRITICAL": "bucket-critical",
+    "WARNING": "bucket-warning",
+}
+
+
+def runbook_url(transition: Transition, base_url: str | None) -> str | None:
+    """The absolute runbook link of a transition; None without a base URL or a section."""
+    if not base_url:
+        return None
+    if transition.kind in (Kind.NODATA, Kind.DATA_RESTORED):
+        return f"{base_url}#snapshot-stale"
+    severity = transition.severity.name if transition.severity is not None else None
+    section = _RUNBOOK_BY_SEVERITY.get(severity or "")
+    return f"{base_url}#{section}" if section else None
+
+
+def to_cloudevent(
+    transition: Transition, source: str = DEFAULT_SOURCE, runbook_base_url: str | None = None
+) -> dict[str, Any]:
+    """The event document of one transition (deterministic: same transition, same bytes);
+    ``data.runbook_url`` only when a runbook base URL is configured."""
     episode = transition.episode
     obs = transition.observation
     data: dict[str, Any] = {
@@ -78,6 +101,9 @@ def to_cloudevent(transition: Transition, source: str = DEFAULT_SOURCE) -> dict[
     }
     if transition.previous_category is not None:
         data["previous_category"] = transition.previous_category
+    link = runbook_url(transition, runbook_base_url)
+    if link is not None:
+        data["runbook_url"] = link
     return {
         "specversion": "1.0",
         "id": transition.event_id,

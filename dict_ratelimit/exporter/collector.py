@@ -180,9 +180,12 @@ class _Families:
 class DictRateLimitCollector(Collector):
     """Reads the application database on every ``collect()``."""
 
-    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock | None = None, runbook_base_url: str | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
+        self.runbook_base_url = runbook_base_url
         self._errors = 0
         self.groups: dict[str, Callable[[Connection, _Families, float], None]] = {
             "policies": self._policies,
@@ -249,6 +252,15 @@ class DictRateLimitCollector(Collector):
         )
         errors.add_metric([], self._errors)
         yield errors
+        if self.runbook_base_url:
+            # the rules' runbook links read it: one setting for the rules and the events
+            runbook = GaugeMetricFamily(
+                PREFIX + "runbook_info",
+                "Where the runbook is published (DICT_RATELIMIT_RUNBOOK_BASE_URL)",
+                labels=["base_url"],
+            )
+            runbook.add_metric([self.runbook_base_url], 1.0)
+            yield runbook
         success = GaugeMetricFamily(
             PREFIX + "exporter_collector_success",
             "1 when the collector's queries succeeded in the last scrape",

@@ -148,9 +148,11 @@ def start_exporter(
     *,
     clock: Clock | None = None,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    runbook_base_url: str | None = None,
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``/metrics`` on ``host:port`` in a background thread (port 0 = any free port)."""
-    flight = SingleFlight(DictRateLimitCollector(engine, clock=clock), budget_seconds)
+    collector = DictRateLimitCollector(engine, clock=clock, runbook_base_url=runbook_base_url)
+    flight = SingleFlight(collector, budget_seconds)
     handler = type("MetricsHandler", (_Handler,), {"flight": flight})
     server = _Server((host, port), handler)
     server.flight = flight  # type: ignore[attr-defined]  # for tests and diagnostics

@@ -34,6 +34,7 @@ class PipelineSettings:
     max_concurrency: int = 16
     stats_window: dt.timedelta | None = None
     event_source: str = DEFAULT_SOURCE
+    runbook_base_url: str | None = None
 
 
 @dataclass
@@ -76,7 +77,12 @@ def process_sweep(
     mark = time.perf_counter()
     with engine.begin() as connection:
         alerts = apply_evaluations(
-            connection, settings.rules, participants, clock.now(), settings.event_source
+            connection,
+            settings.rules,
+            participants,
+            clock.now(),
+            settings.event_source,
+            runbook_base_url=settings.runbook_base_url,
         )
     timings["alerts_seconds"] = time.perf_counter() - mark
     return stored, derived, alerts, timings

@@ -306,6 +306,7 @@ def save(
     after: dict[tuple[str, str], Track],
     transitions: Sequence[Transition],
     source: str,
+    runbook_base_url: str | None = None,
 ) -> None:
     """Write changed tracks, changed episodes and the outbox rows (caller's transaction)."""
     changed = [track for key, track in after.items() if before.get(key) != track]
@@ -353,7 +354,9 @@ def save(
                     "policy": t.policy,
                     "severity": t.severity.name if t.severity is not None else None,
                     "occurred_at": t.at,
-                    "payload": json.dumps(to_cloudevent(t, source), ensure_ascii=False),
+                    "payload": json.dumps(
+                        to_cloudevent(t, source, runbook_base_url), ensure_ascii=False
+                    ),
                 }
                 for t in transitions
             ],
@@ -369,6 +372,7 @@ def apply_evaluations(
     *,
     shard_only: bool = False,
     everyone: Sequence[str] | None = None,
+    runbook_base_url: str | None = None,
 ) -> AlertReport:
     """Apply every evaluation waiting in the backlog, check staleness against ``now`` (the
     injected clock), write everything (one transaction: the caller's). Safe to repeat: a second
@@ -394,7 +398,7 @@ def apply_evaluations(
     after, transitions = advance(tracks, observations, participants, now, rules)
     report.timings["compute_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    save(connection, tracks, after, transitions, source)
+    save(connection, tracks, after, transitions, source, runbook_base_url)
     report.timings["write_seconds"] = time.perf_counter() - mark
     report.evaluations_applied = len(observations)
     report.transitions = transitions
