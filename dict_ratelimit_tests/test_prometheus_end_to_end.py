@@ -91,7 +91,9 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
         assert run_tick(sim, resources).success
         sim.advance(90)
         assert run_tick(sim, resources).success  # anti-scan: first 429 within a minute
-    exporter, exporter_thread = start_exporter(engine, "127.0.0.1", 0)
+    exporter, exporter_thread = start_exporter(
+        engine, "127.0.0.1", 0, runbook_base_url="https://wiki.example.internal/runbook"
+    )
     port = free_port()
     process = start_prometheus(port, tmp_path / "prometheus.yml", exporter.server_port)
     try:
@@ -139,6 +141,11 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
             for variable in dashboard["templating"]["list"]
             for name in METRIC.findall(variable.get("definition", ""))
         }
+        queried |= {  # the annotations: alert openings and resolutions
+            name
+            for annotation in dashboard["annotations"]["list"]
+            for name in METRIC.findall(annotation["expr"])
+        }
         assert queried and queried <= exposed, queried - exposed
         # ... and Prometheus has data for each of them
         for name in sorted(queried):
@@ -168,8 +175,19 @@ def test_the_dashboard_is_a_current_grafana_dashboard_with_the_variables_it_need
         "Snapshot age",
     ):
         assert wanted in titles
+    annotations = {a["name"]: a for a in dashboard["annotations"]["list"]}
+    assert "dict_rate_limit_alerts_created_total" in annotations["Alert opened"]["expr"]
+    assert "dict_rate_limit_alerts_resolved_total" in annotations["Alert resolved"]["expr"]
+    assert (
+        "label_values(dict_rate_limit_runbook_info, base_url)"
+        in (variables["runbook"]["definition"])
+    )
+    runbook = (DEPLOY.parent / "docs" / "runbook.md").read_text()
     for panel in dashboard["panels"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        for link in panel.get("links", []):  # every runbook link names a real section
+            base, _, anchor = link["url"].partition("#")
+            assert base == "${runbook}" and f"\n## {anchor}\n" in runbook, link
         assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
