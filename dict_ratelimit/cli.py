@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import click
 from sqlalchemy.engine import URL, Engine
 
+from dict_ratelimit import tracing
 from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.events.cloudevents import TYPE_PREFIX
 from dict_ratelimit.logs import LOG_FORMATS, LogFormat, configure_logging
@@ -86,6 +87,7 @@ def main(verbose: bool, log_format: LogFormat) -> None:
     """dict-ratelimit: DICT token-bucket monitoring for a Pix participant."""
     configure_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     os.environ["DICT_RATELIMIT_LOG_FORMAT"] = log_format  # for the processes `dev` starts
+    tracing.configure_from_environment()
     if not verbose:
         for noisy in ("yoyo", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from dict_ratelimit import tracing
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
 from dict_ratelimit.defs.events import PULSAR_ALERT_EVENTS, publish_alert_events
 from dict_ratelimit.defs.failures import email_on_run_failure
@@ -25,6 +26,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
     Invalid settings stop the code location here, with one line per problem.
     """
     settings = get_settings()
+    tracing.configure_from_environment()  # the OTEL_* variables; off unless they ask
     resources = {**default_resources(settings), **(resources or {})}
     jobs: list[dg.UnresolvedAssetJobDefinition] = [
         monitor_job,

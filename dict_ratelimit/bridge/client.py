@@ -15,7 +15,9 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from opentelemetry import trace
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.errors import BridgeError, classify
 from dict_ratelimit.bridge.v1 import rate_limit_pb2 as pb
 from dict_ratelimit.bridge.v1 import rate_limit_pb2_grpc as pb_grpc
@@ -140,10 +142,21 @@ class BridgeClient:
         self._channel.close()
 
     def _invoke(self, ispb: str, operation: str, method, request):  # type: ignore[no-untyped-def]
-        try:
-            return method(request, timeout=self.deadline_seconds, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise classify(ispb, operation, error) from None
+        """One call, in a client span whose context travels in the metadata (W3C)."""
+        with tracing.span(
+            f"bridge {operation}",
+            **{"rpc.system": "grpc", "rpc.service": "RateLimitService", "rpc.method": operation,
+               "server.address": self.target, "dict.participant": ispb},
+        ) as current:  # fmt: skip
+            metadata = list(self._metadata)
+            tracing.inject(metadata)
+            try:
+                return method(request, timeout=self.deadline_seconds, metadata=metadata)
+            except grpc.RpcError as error:
+                failure = classify(ispb, operation, error)
+                current.set_attribute("error.type", failure.error_class)
+                current.set_status(trace.StatusCode.ERROR, failure.error_class)
+                raise failure from None
 
     def list_policies(self, ispb: str) -> RawListing:
         """ListPolicies for one participant (costs one of its POLICIES_LIST tokens)."""

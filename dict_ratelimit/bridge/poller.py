@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.bridge.errors import BridgeError
 from dict_ratelimit.clock import Clock, SystemClock
@@ -222,5 +223,5 @@ def poll_participants(
 
     workers = max(1, min(max_concurrency, len(ispbs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-poll") as pool:
-        list(pool.map(poll_one, ispbs))
+        list(pool.map(tracing.carry_context(poll_one), ispbs))  # Bridge spans in this trace
     return result

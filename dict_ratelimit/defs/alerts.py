@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from dict_ratelimit import tracing
 from dict_ratelimit.clock import SystemClock
 from dict_ratelimit.defs.metrics import THRESHOLD_EVALUATIONS
 from dict_ratelimit.defs.resources import (
@@ -86,6 +87,21 @@ def _metadata(
     "threshold evaluations; NODATA for stale data and silent participants.",
 )
 def alerts(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    bridge: BridgeResource,
+    alert_rules: AlertRulesResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    with tracing.run_trace(
+        context.run.run_id, "monitor alerts", shard=context.run.tags.get(SHARD_KEY)
+    ):
+        return _alerts(
+            context, postgres=postgres, bridge=bridge, alert_rules=alert_rules, clock=clock
+        )
+
+
+def _alerts(
     context: dg.AssetExecutionContext,
     postgres: PostgresResource,
     bridge: BridgeResource,

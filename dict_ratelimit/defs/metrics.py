@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from dict_ratelimit import tracing
 from dict_ratelimit.defs.resources import BridgeResource, PostgresResource, ThresholdsResource
 from dict_ratelimit.defs.snapshots import policy_snapshots
 from dict_ratelimit.defs.tables import metadata_table
@@ -136,6 +137,16 @@ def _evaluations_metadata(report: DeriveReport) -> dict[str, Any]:
     "one transaction.",
 )
 def derive_metrics_and_levels(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    thresholds: ThresholdsResource,
+    bridge: BridgeResource,
+):  # type: ignore[no-untyped-def]
+    with tracing.run_trace(context.run.run_id, "monitor derive_metrics_and_levels"):
+        yield from _derive(context, postgres, thresholds, bridge)
+
+
+def _derive(
     context: dg.AssetExecutionContext,
     postgres: PostgresResource,
     thresholds: ThresholdsResource,

@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.poller import PollResult, poll_participants
 from dict_ratelimit.defs.resources import (
     BridgeResource,
@@ -25,7 +26,7 @@ from dict_ratelimit.defs.resources import (
     ThresholdsResource,
 )
 from dict_ratelimit.defs.spend import spend_metadata
-from dict_ratelimit.defs.tags import run_participants, run_shard
+from dict_ratelimit.defs.tags import SHARD_KEY, run_participants, run_shard
 from dict_ratelimit.pipeline.store import (
     failures_by_class,
     record_failed_sweep,
@@ -90,6 +91,19 @@ SNAPSHOTS_FRESHNESS = dg.FreshnessPolicy.time_window(
     ],
 )
 def policy_snapshots(
+    context: dg.AssetExecutionContext,
+    bridge: BridgeResource,
+    postgres: PostgresResource,
+    clock: ClockResource,
+    thresholds: ThresholdsResource,
+) -> dg.MaterializeResult:
+    with tracing.run_trace(
+        context.run.run_id, "monitor policy_snapshots", shard=context.run.tags.get(SHARD_KEY)
+    ):
+        return _sweep(context, bridge=bridge, postgres=postgres, clock=clock, thresholds=thresholds)
+
+
+def _sweep(
     context: dg.AssetExecutionContext,
     bridge: BridgeResource,
     postgres: PostgresResource,

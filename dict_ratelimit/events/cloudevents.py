@@ -63,10 +63,15 @@ def runbook_url(transition: Transition, base_url: str | None) -> str | None:
 
 
 def to_cloudevent(
-    transition: Transition, source: str = DEFAULT_SOURCE, runbook_base_url: str | None = None
+    transition: Transition,
+    source: str = DEFAULT_SOURCE,
+    runbook_base_url: str | None = None,
+    *,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
     """The event document of one transition (deterministic: same transition, same bytes);
-    ``data.runbook_url`` only when a runbook base URL is configured."""
+    ``data.runbook_url`` only when a runbook base URL is configured, the ``traceparent``
+    extension (W3C trace context of the write) only when the work is traced."""
     episode = transition.episode
     obs = transition.observation
     data: dict[str, Any] = {
@@ -104,7 +109,7 @@ def to_cloudevent(
     link = runbook_url(transition, runbook_base_url)
     if link is not None:
         data["runbook_url"] = link
-    return {
+    document: dict[str, Any] = {
         "specversion": "1.0",
         "id": transition.event_id,
         "source": source,
@@ -115,6 +120,9 @@ def to_cloudevent(
         "dataschema": "urn:lbconn:dict-ratelimit:schema:alert-event:1",
         "data": data,
     }
+    if traceparent is not None:
+        document["traceparent"] = traceparent  # CloudEvents distributed-tracing extension
+    return document
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pulsar
 
+from dict_ratelimit import tracing
 from dict_ratelimit.clock import Clock, SystemClock
 from dict_ratelimit.events.cloudevents import message_key
 from dict_ratelimit.storage.outbox import OutboxRow
@@ -117,6 +119,15 @@ def _properties(row: OutboxRow) -> dict[str, str]:
     return properties
 
 
+def _traceparent(row: OutboxRow) -> str | None:
+    """The trace context the event was written in (None when untraced or unreadable)."""
+    try:
+        value = json.loads(row.payload).get("traceparent")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def publish(
     target: PulsarTarget,
     rows: Sequence[OutboxRow],
@@ -183,13 +194,22 @@ def _send(
                 log(f"time budget spent after {len(outcome.receipts)} events; the rest next tick")
                 break
             current = row
-            producer.send(
-                row.payload.encode(),
-                properties=_properties(row),
-                partition_key=message_key(row.ispb, row.policy),
-                sequence_id=row.id,
-                event_timestamp=int(row.occurred_at.timestamp() * 1000),
-            )
+            with (
+                tracing.continued_from(_traceparent(row)),
+                tracing.span(
+                    "pulsar publish",
+                    **{"messaging.system": "pulsar", "messaging.destination.name": target.topic,
+                       "messaging.message.id": row.event_id, "dict.participant": row.ispb,
+                       "dict.policy": row.policy},
+                ),
+            ):  # fmt: skip
+                producer.send(
+                    row.payload.encode(),
+                    properties=_properties(row),
+                    partition_key=message_key(row.ispb, row.policy),
+                    sequence_id=row.id,
+                    event_timestamp=int(row.occurred_at.timestamp() * 1000),
+                )
             outcome.receipts.append((row.id, clock.now()))
         current = None
         producer.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sqlalchemy.engine import Connection, Engine
 
+from dict_ratelimit import tracing
 from dict_ratelimit.analysis import evaluations_frame, metrics_frame
 from dict_ratelimit.domain.thresholds import ThresholdConfig
 from dict_ratelimit.storage.metrics import (
@@ -92,7 +93,7 @@ def derive_backlog(
     evaluations for the alert step; all or nothing."""
     report = DeriveReport(mode="backlog")
     started = time.perf_counter()
-    with engine.begin() as connection:
+    with tracing.span("derive", mode="backlog") as current, engine.begin() as connection:
         # one derive step at a time (the tick and the watch lane): a policy's readings are
         # computed in order, each with the previous one already stored
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({DERIVE_LOCK})")
@@ -101,6 +102,9 @@ def derive_backlog(
         report.timings["load_seconds"] = time.perf_counter() - started
         _compute_and_write(connection, report, pairs, thresholds, None)
         report.queued_for_alerts = queue_for_alerts(connection, report.evaluations)
+        current.set_attribute("snapshots", report.snapshots_read)
+        current.set_attribute("metric_rows", report.metric_rows)
+        current.set_attribute("backlog_left", report.backlog_left)
     report.timings["total_seconds"] = time.perf_counter() - started
     return report
 
@@ -113,7 +117,10 @@ def derive_window(
     the next tick computes them again (to the same rows) and hands them to the alerts."""
     report = DeriveReport(mode="window")
     started = time.perf_counter()
-    with engine.begin() as connection:
+    with (
+        tracing.span("derive", mode="window", start=start.isoformat(), end=end.isoformat()),
+        engine.begin() as connection,
+    ):
         # No derive lock: a backfill of months would hold back the watch lane and the ticks
         # for its whole transaction. A tick's derive step beside it (the watch lane, a shard)
         # computes the same rows from the same snapshots; where both write one, PostgreSQL

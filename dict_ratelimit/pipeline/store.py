@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.poller import PollResult
 from dict_ratelimit.domain.readings import ShapeChange, shape_changes, vanished_policies
 from dict_ratelimit.storage.metrics import store_request_stats
@@ -51,7 +52,10 @@ def store_sweep(
     """
     report = StoreReport()
     readings = result.all_readings
-    with engine.begin() as connection:
+    with (
+        tracing.span("store", participants=participants, readings=len(readings), shard=shard),
+        engine.begin() as connection,
+    ):
         previous = previous_readings(connection, sorted(result.readings))
         report.stored = store_readings(connection, readings)
         report.request_stats_rows = store_request_stats(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.bridge.poller import PollResult
 from dict_ratelimit.bridge.reads import fetch_counts, read_buckets
@@ -71,7 +72,24 @@ def watch_once(
     *,
     counts: bool = True,
 ) -> WatchReport:
-    """One round; never raises for one participant's trouble (like a sweep)."""
+    """One round, one trace; never raises for one participant's trouble (like a sweep)."""
+    with tracing.span("watch round", participants=len(participants)) as current:
+        report = _watch_once(engine, client, participants, settings, rules, clock, counts)
+        current.set_attribute("hot_buckets", len(report.hot))
+        current.set_attribute("policies_list_spent", report.spent[0])
+        current.set_attribute("policies_read_spent", report.spent[1])
+        return report
+
+
+def _watch_once(
+    engine: Engine,
+    client: BridgeClient,
+    participants: list[str],
+    settings: PipelineSettings,
+    rules: WatchRules,
+    clock: Clock,
+    counts: bool,
+) -> WatchReport:
     started = time.perf_counter()
     now = clock.now()
     report = WatchReport(now=now)

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dict_ratelimit import tracing
 from dict_ratelimit.domain.alerts import (
     AlertRules,
     Episode,
@@ -308,7 +309,9 @@ def save(
     source: str,
     runbook_base_url: str | None = None,
 ) -> None:
-    """Write changed tracks, changed episodes and the outbox rows (caller's transaction)."""
+    """Write changed tracks, changed episodes and the outbox rows (caller's transaction); each
+    event carries the trace context of this write (``traceparent``) when it is traced."""
+    parent = tracing.traceparent()
     changed = [track for key, track in after.items() if before.get(key) != track]
     if changed:
         stage_rows(
@@ -355,7 +358,8 @@ def save(
                     "severity": t.severity.name if t.severity is not None else None,
                     "occurred_at": t.at,
                     "payload": json.dumps(
-                        to_cloudevent(t, source, runbook_base_url), ensure_ascii=False
+                        to_cloudevent(t, source, runbook_base_url, traceparent=parent),
+                        ensure_ascii=False,
                     ),
                 }
                 for t in transitions
@@ -382,6 +386,25 @@ def apply_evaluations(
     staleness (another shard's run, or the watchdog, looks after the others), and with
     ``everyone`` (the whole list, given to one shard) also those of participants no longer
     monitored. Without it, every track is checked."""
+    with tracing.span("alerts", shard_only=shard_only) as current:
+        report = _apply(
+            connection, rules, participants, now, source, shard_only, everyone, runbook_base_url
+        )
+        current.set_attribute("evaluations", report.evaluations_applied)
+        current.set_attribute("transitions", len(report.transitions))
+        return report
+
+
+def _apply(
+    connection: Connection,
+    rules: AlertRules,
+    participants: Iterable[str],
+    now: dt.datetime,
+    source: str,
+    shard_only: bool,
+    everyone: Sequence[str] | None,
+    runbook_base_url: str | None,
+) -> AlertReport:
     report = AlertReport()
     started = time.perf_counter()
     # one alert writer at a time, shards included: outbox ids are committed in the order they
