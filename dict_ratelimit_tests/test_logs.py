@@ -103,3 +103,25 @@ def test_dev_asks_dagster_for_json_logs_when_ours_are_json() -> None:
     assert text_command[text_command.index("--log-format") + 1] == "colored"
     with pytest.raises(ValueError, match="log_format"):
         Settings(log_format="xml")  # type: ignore[call-arg]
+
+
+def test_a_failing_participant_is_named_in_its_own_json_field(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dict_ratelimit.bridge.poller import poll_participants
+    from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES
+    from dict_ratelimit.simulator.v1 import control_pb2 as ctl
+    from dict_ratelimit_tests.simulation import running_simulator
+
+    configure_logging(logging.INFO, "json")
+    with running_simulator({"12345678": "A", "87654321": "D"}) as sim:
+        sim.inject(ctl.PERMISSION_DENIED, participant="87654321", times=0)
+        with sim.client() as client:
+            result = poll_participants(
+                client, ["12345678", "87654321"], KNOWN_POLICY_NAMES, max_skew=None
+            )
+    assert set(result.failures) == {"87654321"}
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    [failure] = [r for r in records if r["message"].startswith("bridge call failed")]
+    assert failure["ispb"] == "87654321" and failure["error_class"] == "permission_denied"
+    assert failure["level"] == "WARNING"

@@ -156,15 +156,15 @@ def poll_participants(
             stats = client.request_stats(ispb, windows[ispb])
         except BridgeError as error:
             result.stats_unavailable[ispb] = error.error_class
-            log.warning("request stats unavailable: %s", error)
+            log.warning("request stats unavailable: %s", error, extra={"ispb": ispb})
             return
         except InvalidReading as error:
             result.stats_unavailable[ispb] = f"invalid_stats: {error.field}: {error.problem}"
-            log.warning("request stats refused: %s", error)
+            log.warning("request stats refused: %s", error, extra={"ispb": ispb})
             return
         except Exception as error:  # an answer nobody foresaw: still optional
             result.stats_unavailable[ispb] = f"unexpected_error: {type(error).__name__}"
-            log.exception("request stats of %s failed unexpectedly", ispb)
+            log.exception("request stats of %s failed unexpectedly", ispb, extra={"ispb": ispb})
             return
         if stats is None:
             result.stats_unavailable[ispb] = "unimplemented"
@@ -186,7 +186,9 @@ def poll_participants(
                     max_skew=max_skew,
                 )
             except InvalidReading as error:
-                log.warning("rejected reading: %s", error)
+                log.warning(
+                    "rejected reading: %s", error, extra={"ispb": ispb, "field": error.field}
+                )
                 result.failures[ispb] = ParticipantFailure(
                     ispb, "invalid_reading", False, str(error), attempt, error.field
                 )
@@ -199,7 +201,12 @@ def poll_participants(
                     and attempt < MAX_ATTEMPTS
                     and time.monotonic() + wait < deadline
                 )
-                log.warning("bridge call failed (attempt %d): %s", attempt, error)
+                log.warning(
+                    "bridge call failed (attempt %d): %s",
+                    attempt,
+                    error,
+                    extra={"ispb": ispb, "error_class": error.error_class},
+                )
                 if not can_retry:
                     result.failures[ispb] = ParticipantFailure(
                         ispb, error.error_class, error.retryable, str(error), attempt
@@ -208,7 +215,9 @@ def poll_participants(
                 sleep(wait)
                 continue
             except Exception as error:  # a bug or an answer nobody foresaw: this one only
-                log.exception("reading participant %s failed unexpectedly", ispb)
+                log.exception(
+                    "reading participant %s failed unexpectedly", ispb, extra={"ispb": ispb}
+                )
                 result.failures[ispb] = ParticipantFailure(
                     ispb,
                     "unexpected_error",
