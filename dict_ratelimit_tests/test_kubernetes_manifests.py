@@ -289,6 +289,7 @@ def test_the_dagster_chart_values_agree_with_the_code(monkeypatch: pytest.Monkey
         monkeypatch.setenv(name, text)
     monkeypatch.setenv("DATABASE_URL", "postgresql://app:secret@postgres.example.internal/dict")
     monkeypatch.setenv(f"{PREFIX}BRIDGE_TOKEN", "token-from-the-secret")
+    monkeypatch.setenv(f"{PREFIX}FAILURE_EMAIL_SMTP_PASSWORD", "from-the-secret")
     settings = load_settings()  # raises SettingsError, naming the variable, if one is invalid
     assert settings.participants == ["12345678"]
     assert settings.bridge_tls and settings.watch
