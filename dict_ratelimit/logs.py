@@ -4,8 +4,9 @@ terminal, or one JSON object per line for a log pipeline; never a secret either 
 JSON lines carry ``time``, ``level``, ``logger``, ``message`` and whatever a call passes in
 ``extra`` (``ispb``, ``policy``, ``run_id`` where they apply), so a log pipeline can filter by
 participant without parsing messages. Whatever the format, a password in a URL
-(``scheme://user:password@host``) or a bearer token is masked before the line is written:
-a message built from an error of a database driver or an HTTP client can contain one.
+(``scheme://user:password@host``) or a bearer token is masked in the finished line (message,
+extras and traceback) before it is written: an error of a database driver or an HTTP client
+can contain one. Times are UTC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
@@ -31,34 +33,37 @@ def mask_secrets(text: str) -> str:
     return _BEARER.sub(r"\g<head>***", text)
 
 
-class SecretMask(logging.Filter):
-    """Masks secrets in the formatted message (and drops the arguments, already applied)."""
+class _MaskedText(logging.Formatter):
+    """The text format, with secrets masked in the whole line (traceback included)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_secrets(message)
-        if masked != message or record.args:
-            record.msg, record.args = masked, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 class _Json(JsonFormatter):
-    """One object per line: time (ISO 8601, UTC), level, logger, message, and the extras."""
+    """One object per line: time (ISO 8601, UTC), level, logger, message, the extras and any
+    traceback; secrets masked in the whole line."""
+
+    converter = time.gmtime  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            datefmt="%Y-%m-%dT%H:%M:%SZ",
             json_ensure_ascii=False,
         )
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 def configure_logging(level: int = logging.INFO, log_format: LogFormat = "text") -> None:
     """Route every log record of the process to stderr in ``log_format``, masked."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(SecretMask())
+    text = _MaskedText(TEXT_FORMAT)
+    text.converter = time.gmtime  # type: ignore[assignment]
+    handler.setFormatter(_Json() if log_format == "json" else text)
     root = logging.getLogger()
     for previous in list(root.handlers):
         root.removeHandler(previous)

@@ -102,10 +102,20 @@ def use_provider(provider: trace.TracerProvider) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
-    """A span of the current trace; an exception is recorded and marks it as an error."""
-    with tracer().start_as_current_span(name, attributes=_clean(attributes)) as current:
-        yield current
+def span(
+    name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL, **attributes: Any
+) -> Iterator[trace.Span]:
+    """A span of the current trace; an exception marks it as an error, named by its class
+    only (an exception's message could hold a secret)."""
+    with tracer().start_as_current_span(
+        name, kind=kind, attributes=_clean(attributes), record_exception=False
+    ) as current:
+        try:
+            yield current
+        except BaseException as error:
+            current.set_attribute("exception.type", type(error).__name__)
+            current.set_status(trace.StatusCode.ERROR, type(error).__name__)
+            raise
 
 
 @contextlib.contextmanager

@@ -95,7 +95,8 @@ def test_a_failed_monitor_run_sends_one_email_with_the_job_shard_error_and_link(
 ) -> None:
     # a run that fails at its first step: the thresholds file is missing
     broken = {
-        "thresholds": ThresholdsResource(path=str(tmp_path / "missing.yaml")),
+        # a Portuguese file name: the error is not ASCII, the e-mail must still go
+        "thresholds": ThresholdsResource(path=str(tmp_path / "limiares-não.yaml")),
         "postgres": PostgresResource(database_url=db_url.render_as_string(hide_password=False)),
     }
     job = build_definitions(broken).resolve_job_def("monitor_job")
@@ -131,7 +132,7 @@ def test_a_failed_monitor_run_sends_one_email_with_the_job_shard_error_and_link(
     body = message.get_payload()
     assert isinstance(body, str)
     assert f"Run: {run_id}" in body and "Tag dict_ratelimit/shard: 2/4" in body
-    assert "missing.yaml" in body  # the error names what is wrong
+    assert "limiares-n&#227;o.yaml" in body  # the error names what is wrong, every letter
     assert f"https://dagster.example.internal/runs/{run_id}" in body
     assert PASSWORD not in message.as_string()
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from dict_ratelimit.devstack import dagster_dev_command
-from dict_ratelimit.logs import configure_logging, mask_secrets
+from dict_ratelimit.logs import LogFormat, configure_logging, mask_secrets
 from dict_ratelimit.settings import Settings
 from dict_ratelimit.storage.embedded import free_port
 from dict_ratelimit_tests.prometheus_tools import scrape, value
@@ -51,11 +51,27 @@ def test_a_json_line_parses_with_its_participant_and_policy_and_no_secret(
     assert record["level"] == "WARNING" and record["logger"] == "dict_ratelimit.test"
     assert record["ispb"] == "12345678"
     assert record["policy"] == "ENTRIES_READ_PARTICIPANT_ANTISCAN"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", record["time"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["time"])  # UTC
     assert record["message"] == (
         "no reading from postgresql+psycopg2://app:***@db:5432/dict: authorization: Bearer ***"
     )
     assert SECRET not in line
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_traceback_is_masked_and_a_broken_log_call_does_not_raise(
+    log_format: LogFormat, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(logging.INFO, log_format)
+    log = logging.getLogger("dict_ratelimit.test")
+    try:
+        raise RuntimeError(f"connect postgresql://app:{SECRET}@db/dict failed")
+    except RuntimeError:
+        log.exception("the store failed")
+    log.info("a mistaken call %d", "not a number")  # reported by logging, not raised here
+    err = capsys.readouterr().err
+    assert "RuntimeError: connect postgresql://app:***@db/dict failed" in err.replace("\\n", "\n")
+    assert SECRET not in err
 
 
 def test_text_lines_are_masked_too(

@@ -142,3 +142,20 @@ def test_tracing_is_off_unless_the_standard_variables_ask(
     environ: dict[str, str], enabled: bool
 ) -> None:
     assert tracing.enabled_by_environment(environ) is enabled
+
+
+def test_the_watch_lanes_parallel_reads_stay_in_the_rounds_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    from opentelemetry import trace
+
+    from dict_ratelimit.bridge.reads import _each
+
+    seen: list[int] = []
+    with tracing.span("watch round") as round_span:
+        _each(
+            lambda _: seen.append(trace.get_current_span().get_span_context().trace_id),
+            range(6),
+            max_concurrency=3,
+        )
+    assert seen == [round_span.get_span_context().trace_id] * 6

@@ -145,6 +145,7 @@ class BridgeClient:
         """One call, in a client span whose context travels in the metadata (W3C)."""
         with tracing.span(
             f"bridge {operation}",
+            trace.SpanKind.CLIENT,
             **{"rpc.system": "grpc", "rpc.service": "RateLimitService", "rpc.method": operation,
                "server.address": self.target, "dict.participant": ispb},
         ) as current:  # fmt: skip

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from dict_ratelimit import tracing
 from dict_ratelimit.bridge.client import BridgeClient
 from dict_ratelimit.bridge.errors import BridgeError
 from dict_ratelimit.bridge.poller import ParticipantFailure, PollResult, stats_windows
@@ -48,7 +49,7 @@ def fetch_counts(
             return
         except Exception as error:  # optional, and one participant's problem
             unknown[ispb] = f"unexpected_error: {type(error).__name__}"
-            log.exception("request counts of %s failed unexpectedly", ispb)
+            log.exception("request counts of %s failed unexpectedly", ispb, extra={"ispb": ispb})
             return
         if stats is None:
             unknown[ispb] = "unimplemented"
@@ -99,7 +100,7 @@ def read_buckets(
                 ispb, error.error_class, error.retryable, str(error), 1
             )
         except Exception as error:
-            log.exception("watch read of %s failed unexpectedly", ispb)
+            log.exception("watch read of %s failed unexpectedly", ispb, extra={"ispb": ispb})
             result.failures[ispb] = ParticipantFailure(
                 ispb, "unexpected_error", False, f"participant {ispb}: {error!r}", 1
             )
@@ -116,4 +117,4 @@ def _each(function, items, max_concurrency: int) -> None:  # type: ignore[no-unt
         return
     workers = max(1, min(max_concurrency, len(items)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge-watch") as pool:
-        list(pool.map(function, items))
+        list(pool.map(tracing.carry_context(function), items))  # the round's trace

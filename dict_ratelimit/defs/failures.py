@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from dict_ratelimit.defs.tags import SHARD_KEY
+from dict_ratelimit.logs import mask_secrets
 from dict_ratelimit.settings import Settings
 
 SENSOR_NAME = "email_on_run_failure"
@@ -42,11 +43,13 @@ def failure_body(context: dg.RunFailureSensorContext, ui_url: str | None) -> str
         *(f"Step {event.step_key}: {_first_line(event)}"
           for event in context.get_step_failure_events()),
     ]  # fmt: skip
-    body = "<br>".join(html.escape(line) for line in lines)
+    body = "<br>".join(html.escape(mask_secrets(line)) for line in lines)
     if ui_url:
         link = f"{ui_url.rstrip('/')}/runs/{run.run_id}"
         body += f'<br><a href="{html.escape(link)}">{html.escape(link)}</a>'
-    return body
+    # Dagster hands the message to smtplib as text, which encodes it as ASCII: an error in
+    # Portuguese ("não foi possível") would lose the e-mail; HTML references keep every letter
+    return body.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def _first_line(event: dg.DagsterEvent) -> str:

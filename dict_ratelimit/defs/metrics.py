@@ -143,7 +143,8 @@ def derive_metrics_and_levels(
     bridge: BridgeResource,
 ):  # type: ignore[no-untyped-def]
     with tracing.run_trace(context.run.run_id, "monitor derive_metrics_and_levels"):
-        yield from _derive(context, postgres, thresholds, bridge)
+        results = list(_derive(context, postgres, thresholds, bridge))  # no context over a yield
+    yield from results
 
 
 def _derive(

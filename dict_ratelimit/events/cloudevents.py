@@ -69,7 +69,8 @@ def to_cloudevent(
     *,
     traceparent: str | None = None,
 ) -> dict[str, Any]:
-    """The event document of one transition (deterministic: same transition, same bytes);
+    """The event document of one transition (deterministic: same transition, same bytes,
+    apart from the trace context of a traced write; the id is stable either way);
     ``data.runbook_url`` only when a runbook base URL is configured, the ``traceparent``
     extension (W3C trace context of the write) only when the work is traced."""
     episode = transition.episode

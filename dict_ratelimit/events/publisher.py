@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulsar
+from opentelemetry import trace
 
 from dict_ratelimit import tracing
 from dict_ratelimit.clock import Clock, SystemClock
@@ -198,6 +199,7 @@ def _send(
                 tracing.continued_from(_traceparent(row)),
                 tracing.span(
                     "pulsar publish",
+                    trace.SpanKind.PRODUCER,
                     **{"messaging.system": "pulsar", "messaging.destination.name": target.topic,
                        "messaging.message.id": row.event_id, "dict.participant": row.ispb,
                        "dict.policy": row.policy},
