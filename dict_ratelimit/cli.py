@@ -279,10 +279,10 @@ def simulator(
     except (ScenarioError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     server, bound, _faults = start_server(sim, port, host)
-    click.echo(
-        f"simulator listening on {host}:{bound} "
-        f"(scenario {scenario}, clock {clock_spec}, participants {', '.join(participants)})"
-    )
+    log.info(
+        "simulator listening on %s:%s (scenario %s, clock %s, participants %s)",
+        host, bound, scenario, clock_spec, ", ".join(participants),
+    )  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

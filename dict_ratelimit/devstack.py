@@ -44,6 +44,14 @@ from dict_ratelimit.storage.server import application_database, instance_databas
 log = logging.getLogger(__name__)
 
 
+def announce(message: str) -> None:
+    """A status line of ``dev``: printed as is, or a log record when the logs are JSON."""
+    if os.environ.get("DICT_RATELIMIT_LOG_FORMAT") == "json":
+        log.info(message)
+    else:
+        print(message, flush=True)
+
+
 def prepare_dagster_home(settings: Settings) -> Path:
     """``DAGSTER_HOME`` (env, else ``<data_dir>/dagster_home``) holding our dagster.yaml."""
     home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").resolve()
@@ -200,17 +208,16 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
         engine = create_db_engine(url, connect_timeout=settings.connect_timeout_seconds)
         applied, changes = migrate(url, settings.migrations_dir, engine)
         engine.dispose()
-        print(
+        announce(
             f"database ready: {len(applied)} migration(s) applied, "
             f"{len(changes.created)} partition(s) created",
-            flush=True,
         )
         home = prepare_dagster_home(settings)
         instance_url = instance_database(settings, url, server)
         dagster_env = dagster_environment(url, instance_url, home)
         env = {**os.environ, **dagster_env, SESSION_VARIABLE: session}
         if settings.bridge_target:
-            print(f"Bridge: {settings.bridge_target} (DICT_RATELIMIT_BRIDGE_TARGET)", flush=True)
+            announce(f"Bridge: {settings.bridge_target} (DICT_RATELIMIT_BRIDGE_TARGET)")
         else:
             simulator, target = start_simulator(settings, env)
             children.append(simulator)
@@ -225,25 +232,24 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
                     ),
                 }
             )
-            print(
+            announce(
                 f"DICT simulator on {target}: scenario {settings.simulator_scenario}, "
                 "participants "
                 + ", ".join(f"{i} ({c})" for i, c in settings.simulator_participants.items()),
-                flush=True,
             )
         if os.environ.get("DICT_RATELIMIT_PULSAR_URL"):
-            print(f"Pulsar: {os.environ['DICT_RATELIMIT_PULSAR_URL']}", flush=True)
+            announce(f"Pulsar: {os.environ['DICT_RATELIMIT_PULSAR_URL']}")
         else:
             pulsar = start_embedded_pulsar(settings)
             if pulsar is not None:
                 children.append(pulsar[0])
                 env["DICT_RATELIMIT_PULSAR_URL"] = pulsar[1]
-                print(f"Pulsar (embedded pulsar-lite): {pulsar[1]}", flush=True)
+                announce(f"Pulsar (embedded pulsar-lite): {pulsar[1]}")
             else:
-                print("Pulsar: not configured; alert events stay in the outbox", flush=True)
+                announce("Pulsar: not configured; alert events stay in the outbox")
         exporter, metrics_url = start_exporter_process(settings, env)
         children.append(exporter)
-        print(f"Prometheus exporter: {metrics_url}", flush=True)
+        announce(f"Prometheus exporter: {metrics_url}")
         command = dagster_dev_command(settings)
         # cwd = DAGSTER_HOME: from the project root Dagster would warn about the template there.
         dagster = subprocess.Popen(command, env=env, cwd=home, start_new_session=True)
@@ -261,17 +267,16 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             ui = f"http://{settings.dagster_host}:{settings.dagster_port}"
             ready = wait_until_ready(f"{ui}/server_info", dagster, ready_timeout)
             if ready is not None:
-                print(
+                announce(
                     f"Dagster UI ready at {ui} ({time.monotonic() - t0:.1f}s after start); "
                     "Ctrl-C stops everything started here",
-                    flush=True,
                 )
             while not stop_requested and all(child.poll() is None for child in children):
                 time.sleep(0.2)
                 if server is not None and server.started_here and server.running_server() is None:
-                    print("embedded PostgreSQL stopped unexpectedly: starting it again", flush=True)
+                    announce("embedded PostgreSQL stopped unexpectedly: starting it again")
                     info = server.restart()
-                    print(f"embedded PostgreSQL back on port {info.port}", flush=True)
+                    announce(f"embedded PostgreSQL back on port {info.port}")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -281,11 +286,11 @@ def run_dev(settings: Settings, *, ready_timeout: float = 180.0) -> int:
             try:
                 cancelled = cancel_active_runs(home, dagster_env)
                 if cancelled:
-                    print(f"cancelled {len(cancelled)} run(s) in progress", flush=True)
+                    announce(f"cancelled {len(cancelled)} run(s) in progress")
             except Exception as error:  # the instance may be unreachable: stop anyway
                 log.warning("could not cancel the runs in progress: %s", error)
         for child in reversed(children):
             stop_process_group(child)
         stop_session_stragglers(session)
         if server is not None and server.stop():
-            print("embedded PostgreSQL stopped", flush=True)
+            announce("embedded PostgreSQL stopped")

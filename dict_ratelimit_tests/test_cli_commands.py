@@ -49,10 +49,13 @@ def test_simulator_command_serves_until_interrupted() -> None:
         text=True,
     )
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        assert match, line
+        assert process.stderr is not None  # the status line is a log record (stderr)
+        match = None
+        for line in process.stderr:
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                break
+        assert match
         with BridgeClient(f"127.0.0.1:{match[1]}", deadline_seconds=5) as client:
             assert client.list_policies("11111111").category == "B"
             assert client.list_policies("22222222").category == "A"  # the default category
