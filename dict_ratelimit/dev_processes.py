@@ -116,33 +116,38 @@ def cancel_active_runs(home: Path, environment: dict[str, str]) -> list[str]:
     os.environ.update(environment)  # the instance's dagster.yaml reads DAGSTER_PG_* from env
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            active = instance.get_runs(
-                dg.RunsFilter(
-                    statuses=[
-                        dg.DagsterRunStatus.QUEUED,
-                        dg.DagsterRunStatus.NOT_STARTED,
-                        dg.DagsterRunStatus.STARTING,
-                        dg.DagsterRunStatus.STARTED,
-                    ]
-                )
+            active_filter = dg.RunsFilter(
+                statuses=[
+                    dg.DagsterRunStatus.QUEUED,
+                    dg.DagsterRunStatus.NOT_STARTED,
+                    dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.STARTED,
+                ]
             )
-            for run in active:
-                log.info("cancelling run %s (%s)", run.run_id, run.job_name)
-                instance.run_coordinator.cancel_run(run.run_id)
+            requested: list[str] = []
+            pending: set[str] = set()
             deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-            pending = {run.run_id for run in active}
-            while pending and time.monotonic() < deadline:
-                time.sleep(0.5)
+            while True:
+                # again each round: the daemon may launch a queued run while we cancel
+                for run in instance.get_runs(active_filter):
+                    if run.run_id not in requested:
+                        log.info("cancelling run %s (%s)", run.run_id, run.job_name)
+                        instance.run_coordinator.cancel_run(run.run_id)
+                        requested.append(run.run_id)
+                        pending.add(run.run_id)
                 for run_id in list(pending):
                     current = instance.get_run_by_id(run_id)
                     if current is None or current.is_finished:
                         pending.discard(run_id)
+                if not pending or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
             for run_id in pending:  # the worker did not answer: say what happened
                 instance.report_run_canceled(
                     instance.get_run_by_id(run_id),  # type: ignore[arg-type]
                     message="dict-ratelimit dev stopped while the run was in progress",
                 )
-            return [run.run_id for run in active]
+            return requested
     finally:
         for key, value in saved.items():
             if value is None:
