@@ -55,8 +55,6 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             *([failure_email] if failure_email else []),
         ],
         resources=resources,
-        # the runs' event log on the console in the same format as everything else
-        loggers={"console": dg.json_console_logger} if settings.log_format == "json" else None,
     )
 
 

@@ -143,28 +143,6 @@ def test_a_failing_participant_is_named_in_its_own_json_field(
     assert failure["level"] == "WARNING"
 
 
-def test_runs_log_json_on_the_console_when_the_logs_are_json(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import dagster as dg
-
-    from dict_ratelimit.definitions import build_definitions
-    from dict_ratelimit.settings import get_settings
-
-    monkeypatch.setenv("DICT_RATELIMIT_LOG_FORMAT", "json")
-    get_settings.cache_clear()
-    try:
-        with dg.DagsterInstance.ephemeral():
-            job = build_definitions().resolve_job_def("monitor_job")
-    finally:
-        monkeypatch.delenv("DICT_RATELIMIT_LOG_FORMAT")
-        get_settings.cache_clear()
-    assert job.loggers["console"] is dg.json_console_logger
-    with dg.DagsterInstance.ephemeral():
-        default = build_definitions().resolve_job_def("monitor_job")
-    assert default.loggers.get("console") is not dg.json_console_logger
-
-
 def test_dev_status_lines_are_log_records_when_the_logs_are_json(
     restore_logging: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
