@@ -35,6 +35,7 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
         alert_watchdog_job,
     ]
     failure_email = email_on_run_failure(settings, jobs)
+    json_logs = settings.log_format == "json"
     return dg.Definitions(
         assets=[
             DICT_BRIDGE,
@@ -45,9 +46,9 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
         ],
         jobs=jobs,
         schedules=[
-            monitor_schedule(settings.monitor_cron, settings.monitor_shards),
-            retention_schedule(settings.retention_months, settings.months_ahead),
-            alert_watchdog_schedule(shards=settings.monitor_shards),
+            monitor_schedule(settings.monitor_cron, settings.monitor_shards, json_logs),
+            retention_schedule(settings.retention_months, settings.months_ahead, json_logs),
+            alert_watchdog_schedule(shards=settings.monitor_shards, json_logs=json_logs),
         ],
         sensors=[
             publish_alert_events,
@@ -55,6 +56,9 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             *([failure_email] if failure_email else []),
         ],
         resources=resources,
+        # a run names this logger in its config (our schedules do, defs/tags.JSON_RUN_LOGS):
+        # its console event log is then JSON like everything else
+        loggers={"console": dg.json_console_logger} if json_logs else None,
     )
 
 

@@ -9,6 +9,7 @@ gets its own database in ~100 ms and drops it afterwards.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,3 +152,18 @@ def pulsar_broker() -> Iterator[PulsarTestBroker]:
     """A Pulsar binary-protocol broker on loopback, with deduplication on."""
     with PulsarTestBroker(deduplication=True) as broker:
         yield broker
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_dagster_instance() -> Iterator[None]:
+    """Each test under an ephemeral Dagster instance of its own. Loading definitions reads the
+    defs-state storage of the "current" instance; evaluating a schedule re-enters a test's
+    instance and leaves it current after it is disposed, which broke later tests depending on
+    their order. Leaving this context restores whatever was current before the test."""
+    if "dagster" not in sys.modules:  # a pure test: nothing to guard
+        yield
+        return
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral():
+        yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -157,3 +158,50 @@ def test_dev_status_lines_are_log_records_when_the_logs_are_json(
     monkeypatch.setenv("DICT_RATELIMIT_LOG_FORMAT", "text")
     announce("embedded PostgreSQL stopped")
     assert capsys.readouterr().out == "embedded PostgreSQL stopped\n"
+
+
+def test_scheduled_runs_print_their_event_log_as_json_when_the_logs_are_json(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import dagster as dg
+
+    from dict_ratelimit.definitions import build_definitions
+    from dict_ratelimit.defs.resources import PostgresResource
+    from dict_ratelimit.defs.tags import JSON_RUN_LOGS
+    from dict_ratelimit.settings import get_settings
+
+    monkeypatch.setenv("DICT_RATELIMIT_LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    try:
+        with dg.instance_for_test() as instance:
+            definitions = build_definitions(
+                {
+                    "postgres": PostgresResource(
+                        database_url=f"postgresql://x:{SECRET}@127.0.0.1:1/z"
+                    )
+                }
+            )
+            schedule = definitions.resolve_schedule_def("monitor_sweeps")
+            context = dg.build_schedule_context(
+                instance=instance,
+                repository_def=definitions.get_repository_def(),
+                scheduled_execution_time=dt.datetime(2028, 2, 29, 23, 55, tzinfo=dt.timezone.utc),
+            )
+            [request] = schedule.evaluate_tick(context).run_requests
+            assert request.run_config == JSON_RUN_LOGS
+            retention = definitions.resolve_schedule_def("retention_daily")
+            [daily] = retention.evaluate_tick(context).run_requests
+            assert daily.run_config["loggers"] == JSON_RUN_LOGS["loggers"]
+            job = definitions.resolve_job_def("retention_job")
+            capfd.readouterr()
+            job.execute_in_process(
+                instance=instance, run_config=JSON_RUN_LOGS | {"ops": {}}, raise_on_error=False
+            )
+    finally:
+        monkeypatch.delenv("DICT_RATELIMIT_LOG_FORMAT")
+        get_settings.cache_clear()
+    err = capfd.readouterr().err
+    [start] = [line for line in err.splitlines() if "RUN_START" in line]
+    record = json.loads(start)  # one JSON object per event line
+    assert record["dagster_meta"]["job_name"] == "retention_job"
+    assert SECRET not in err

@@ -24,7 +24,13 @@ from dict_ratelimit.defs.resources import (
     PostgresResource,
 )
 from dict_ratelimit.defs.tables import metadata_table
-from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_shard, shard_scope
+from dict_ratelimit.defs.tags import (
+    SERIAL_TAG,
+    SHARD_KEY,
+    run_logs_config,
+    run_shard,
+    shard_scope,
+)
 from dict_ratelimit.domain.shards import all_shards
 from dict_ratelimit.storage.alerts import AlertReport, apply_evaluations
 from dict_ratelimit.storage.outbox import backlog
@@ -146,6 +152,7 @@ def alert_watchdog_schedule(
     cron: str = "2-59/5 * * * *",
     healthy_within: dt.timedelta = dt.timedelta(minutes=10),
     shards: int = 1,
+    json_logs: bool = False,
 ) -> dg.ScheduleDefinition:
     """Between monitor ticks: skip while the monitor succeeds (every shard of it), run
     ``alerts`` for everyone otherwise (a shard that keeps failing leaves its participants'
@@ -180,7 +187,9 @@ def alert_watchdog_schedule(
             )
         if shards > 1:
             context.log.info(f"shards without a recent success: {', '.join(sorted(stale))}")
-        return dg.RunRequest(run_key=now.isoformat(), tags=SERIAL_TAG)
+        return dg.RunRequest(
+            run_key=now.isoformat(), tags=SERIAL_TAG, run_config=run_logs_config(json_logs)
+        )
 
     return _schedule
 

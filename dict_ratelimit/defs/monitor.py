@@ -11,7 +11,7 @@ from dict_ratelimit.defs.metrics import (
     tick_partition,
 )
 from dict_ratelimit.defs.snapshots import policy_snapshots
-from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, shard_tags
+from dict_ratelimit.defs.tags import SERIAL_TAG, SHARD_KEY, run_logs_config, shard_tags
 from dict_ratelimit.domain.shards import all_shards
 
 __all__ = ["SERIAL_TAG", "TICK_TAGS", "metrics_job", "monitor_job", "monitor_schedule"]
@@ -44,7 +44,9 @@ metrics_job = dg.define_asset_job(
 )
 
 
-def monitor_schedule(cron: str = "*/5 * * * *", shards: int = 1) -> dg.ScheduleDefinition:
+def monitor_schedule(
+    cron: str = "*/5 * * * *", shards: int = 1, json_logs: bool = False
+) -> dg.ScheduleDefinition:
     """Every tick requests one run per shard, keyed by its scheduled time and shard (a retried
     tick never duplicates one), and skips a shard while its previous run is still queued or
     running (a slow shard does not hold back the others)."""
@@ -81,6 +83,7 @@ def monitor_schedule(cron: str = "*/5 * * * *", shards: int = 1) -> dg.ScheduleD
                     run_key=scheduled.isoformat() + (f"#{shard.label}" if shards > 1 else ""),
                     partition_key=tick_partition(scheduled),
                     tags={**tags, MODE_TAG: INCREMENTAL},
+                    run_config=run_logs_config(json_logs),
                 )
             )
         if not requests:

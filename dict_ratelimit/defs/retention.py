@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource
 from dict_ratelimit.defs.tables import metadata_table
+from dict_ratelimit.defs.tags import run_logs_config
 from dict_ratelimit.domain.retention import MAX_MONTHS_AHEAD, RetentionPolicy
 from dict_ratelimit.storage.outbox import purge_published
 from dict_ratelimit.storage.partitions import PartitionChanges, apply_retention
@@ -189,7 +190,9 @@ def retention_job() -> None:
     maintain_partitions()
 
 
-def retention_schedule(retention_months: int = 13, months_ahead: int = 2) -> dg.ScheduleDefinition:
+def retention_schedule(
+    retention_months: int = 13, months_ahead: int = 2, json_logs: bool = False
+) -> dg.ScheduleDefinition:
     """Daily at 03:00 UTC, running by default, with the retention taken from settings."""
     return dg.ScheduleDefinition(
         name="retention_daily",
@@ -202,7 +205,8 @@ def retention_schedule(retention_months: int = 13, months_ahead: int = 2) -> dg.
                 "maintain_partitions": RetentionConfig(
                     retention_months=retention_months, months_ahead=months_ahead
                 )
-            }
+            },
+            loggers=run_logs_config(json_logs).get("loggers"),
         ),
         description="Partition maintenance, daily at 03:00 UTC.",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from dict_ratelimit.domain.shards import Shard
 
@@ -17,6 +18,16 @@ SERIAL_TAG = {SERIAL_KEY: "monitor"}
 
 #: ``INDEX/COUNT`` on a run of a sharded tick; absent on a run for every participant.
 SHARD_KEY = "dict_ratelimit/shard"
+
+
+#: Run config that makes a run print its event log with the job's ``console`` logger (Dagster
+#: uses a job's loggers only when the run config names them; otherwise its colored text one).
+JSON_RUN_LOGS: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}
+
+
+def run_logs_config(json_logs: bool) -> dict[str, Any]:
+    """The run config our schedules add: the JSON console logger's, when logs are JSON."""
+    return dict(JSON_RUN_LOGS) if json_logs else {}
 
 
 def shard_tags(shard: Shard) -> dict[str, str]:
