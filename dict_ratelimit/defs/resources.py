@@ -44,7 +44,7 @@ class PostgresResource(dg.ConfigurableResource):
             connect_timeout=self.connect_timeout_seconds,
             application_name="dict-ratelimit-dagster",
         )
-        if context.log is not None and context.dagster_run is not None:
+        if context.log is not None and context.run is not None:
             # in a run's event log (which database); not at every sensor tick
             context.log.debug(f"database: {redact(self.database_url)}")
 
