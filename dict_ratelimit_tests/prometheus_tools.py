@@ -3,8 +3,14 @@ reading an exporter's ``/metrics`` the way Prometheus parses it."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,3 +56,35 @@ def scrape_exporter(engine: Engine) -> dict[str, list]:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+@dataclass
+class ExporterRun:
+    """What ``dict-ratelimit exporter`` did against a database that is down."""
+
+    first_line: str  # the "serving" line, as printed (text or JSON)
+    database_up: float  # dict_rate_limit_exporter_database_up of one scrape
+    stderr: str  # everything it printed, first line included
+    returncode: int
+
+
+def exporter_with_database_down(database_url: str, **environment: str) -> ExporterRun:
+    """Start the exporter command on ``database_url`` (a server that is not there), scrape it
+    once, stop it with SIGINT."""
+    env = {**os.environ, "DATABASE_URL": database_url, **environment}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dict_ratelimit.cli", "exporter", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first)
+        assert match, first
+        up = value(scrape(int(match.group(1))), "dict_rate_limit_exporter_database_up")
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=15)
+    return ExporterRun(first, up, first + rest, process.returncode)

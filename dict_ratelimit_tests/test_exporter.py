@@ -5,11 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +25,7 @@ from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
 from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit.storage.ticks import record_tick
 from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
-from dict_ratelimit_tests.prometheus_tools import scrape, value
+from dict_ratelimit_tests.prometheus_tools import exporter_with_database_down, scrape, value
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
@@ -190,24 +187,9 @@ def test_a_database_that_is_down_fails_the_scrape_cleanly() -> None:
 
 
 def test_the_exporter_command_starts_and_serves_while_the_database_is_down() -> None:
-    env = {**os.environ, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dict_ratelimit.cli", "exporter", "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
-        assert match, line
-        samples = scrape(int(match.group(1)))
-        assert value(samples, "dict_rate_limit_exporter_database_up") == 0
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(15)
-    assert process.returncode == 0
+    run = exporter_with_database_down(f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    assert run.database_up == 0
+    assert run.returncode == 0
 
 
 def _get(port: int, path: str, encoding: str = "") -> tuple[int, dict, bytes]:

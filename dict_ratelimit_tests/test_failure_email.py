@@ -158,11 +158,10 @@ def test_without_a_recipient_there_is_no_sensor_and_half_a_sender_is_refused(
     monkeypatch.setenv("DICT_RATELIMIT_FAILURE_EMAIL_SMTP_PASSWORD", PASSWORD)
     get_settings.cache_clear()
     try:
-        with dg.DagsterInstance.ephemeral():
-            configured = build_definitions()
-            assert configured.resolve_sensor_def(SENSOR_NAME).default_status == (
-                dg.DefaultSensorStatus.RUNNING
-            )
+        configured = build_definitions()
+        assert configured.resolve_sensor_def(SENSOR_NAME).default_status == (
+            dg.DefaultSensorStatus.RUNNING
+        )
     finally:
         get_settings.cache_clear()
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +14,7 @@ from dict_ratelimit.devstack import dagster_dev_command
 from dict_ratelimit.logs import LogFormat, configure_logging, mask_secrets
 from dict_ratelimit.settings import Settings
 from dict_ratelimit.storage.embedded import free_port
-from dict_ratelimit_tests.prometheus_tools import scrape, value
+from dict_ratelimit_tests.prometheus_tools import exporter_with_database_down
 
 SECRET = "s3cr3t-pw"
 
@@ -87,30 +83,16 @@ def test_text_lines_are_masked_too(
 
 
 def test_the_exporter_logs_json_lines_without_the_database_password() -> None:
-    url = f"postgresql://monitor:{SECRET}@127.0.0.1:{free_port()}/x"
-    env = {**os.environ, "DATABASE_URL": url, "DICT_RATELIMIT_LOG_FORMAT": "json"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dict_ratelimit.cli", "exporter", "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+    run = exporter_with_database_down(
+        f"postgresql://monitor:{SECRET}@127.0.0.1:{free_port()}/x", DICT_RATELIMIT_LOG_FORMAT="json"
     )
-    try:
-        assert process.stderr is not None
-        first = json.loads(process.stderr.readline())
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first["message"])
-        assert match, first
-        samples = scrape(int(match.group(1)))  # the database is down: logged, and served as 0
-        assert value(samples, "dict_rate_limit_exporter_database_up") == 0
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=15)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines, "the exporter logged nothing about the database being down"
+    assert run.database_up == 0  # the database is down: logged, and served as 0
+    assert "exporter serving http://127.0.0.1:" in json.loads(run.first_line)["message"]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
     for line in lines:
         record = json.loads(line)  # every line one object
         assert {"time", "level", "logger", "message"} <= record.keys()
-    assert SECRET not in err
+    assert SECRET not in run.stderr
 
 
 def test_dev_asks_dagster_for_json_logs_when_ours_are_json() -> None:

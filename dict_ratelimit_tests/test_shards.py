@@ -85,11 +85,8 @@ def _definitions_with_shards(monkeypatch: pytest.MonkeyPatch, count: int) -> dg.
     monkeypatch.setenv("DICT_RATELIMIT_MONITOR_SHARDS", str(count))
     get_settings.cache_clear()
     try:
-        # loaded (and cached) under an instance of our own: an earlier test may have left a
-        # disposed instance current (see ticks.prepare_tick)
-        with dg.DagsterInstance.ephemeral():
-            definitions = build_definitions()
-            definitions.get_repository_def()
+        definitions = build_definitions()
+        definitions.get_repository_def()  # resolved now, with the shard count set
         return definitions
     finally:
         monkeypatch.delenv("DICT_RATELIMIT_MONITOR_SHARDS")

@@ -74,11 +74,7 @@ def prepare_tick(
     ``instance``, each run has its own ephemeral one)."""
     now = sim.clock.now() + dt.timedelta(seconds=our_clock_ahead)
     resources = {"clock": ClockResource(frozen_at=now.isoformat()), **resources}
-    # Loading definitions reads the defs-state storage of the current instance; a test that
-    # evaluated schedules may leave a disposed one current (Dagster re-enters the instance per
-    # evaluation and resets only the last), so load under an instance of our own.
-    with dg.DagsterInstance.ephemeral():
-        job = build_definitions(resources).resolve_job_def("monitor_job")
+    job = build_definitions(resources).resolve_job_def("monitor_job")
 
     def _run() -> dg.ExecuteInProcessResult:
         with dg.partition_loading_context(effective_dt=now):
