@@ -154,9 +154,10 @@ class Simulator:
                     self._change_category(participant, event.category)
 
     def _rates(
-        self, participant: _Participant, policy: str, position: float
+        self, participant: _Participant, policy: str, position: float, elapsed: float = 0.0
     ) -> tuple[float, float, float]:
-        """(ok/s, 404/s, share of ok followed by a payment), cached until the next breakpoint."""
+        """(ok/s, 404/s, share of ok followed by a payment), cached until the next breakpoint
+        (and, for growing traffic, until the end of the hour)."""
         key = (participant.ispb, policy)
         cached = self._rate_cache.get(key)
         if cached is not None and cached[0] <= position < cached[1]:
@@ -170,6 +171,11 @@ class Simulator:
                 continue
             if entry.from_s <= position < entry.to_s:
                 per_second = entry.requests_per_minute(refill_per_minute) / 60
+                if entry.growth_per_week:
+                    per_second *= entry.growth_factor(elapsed)
+                    into_hour = elapsed % 3600
+                    valid_from = max(valid_from, position - into_hour)
+                    valid_to = min(valid_to, position - into_hour + 3600)
                 not_found += per_second * entry.not_found_share
                 ok_part = per_second * (1 - entry.not_found_share)
                 ok += ok_part
@@ -189,7 +195,7 @@ class Simulator:
             bucket = participant.buckets.get(policy)
             if bucket is None:  # per-user policies are not simulated per participant
                 continue
-            ok_rate, nf_rate, payment_share = self._rates(participant, policy, position)
+            ok_rate, nf_rate, payment_share = self._rates(participant, policy, position, t)
             if ok_rate == 0 and nf_rate == 0:
                 continue
             carry = participant.carries[policy]

@@ -13,6 +13,7 @@ A scenario file::
         not_found_share: 0.02     # share of lookups answered 404 (costlier on anti-scan)
         payment_share: 0.6        # share of successful lookups followed by a payment (+credit)
         participant: "12345678"   # optional: only this participant
+        growth_per_week: 0.04     # optional: +4 % a week since the start (whole hours)
     events:
       - at_s: 900
         category: D               # BACEN moves the participant to category D
@@ -30,6 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dict_ratelimit.domain.catalog import KNOWN_POLICY_NAMES, LISTED_POLICY_NAMES
+
+WEEK_SECONDS = 7 * 86_400
 
 
 class ScenarioError(ValueError):
@@ -49,6 +52,16 @@ class Traffic(BaseModel):
     not_found_share: float = Field(default=0.0, ge=0, le=1)
     payment_share: float = Field(default=0.0, ge=0, le=1)
     participant: str | None = None
+    #: Compound growth of this entry's demand per week since the simulator started, applied
+    #: in whole hours (0.04: +4 % a week), for capacity-planning scenarios with a known trend.
+    growth_per_week: float = Field(default=0.0, ge=-0.5, le=1.0)
+
+    def growth_factor(self, elapsed: float) -> float:
+        """The demand multiplier ``elapsed`` seconds after the start (constant per hour)."""
+        if not self.growth_per_week:
+            return 1.0
+        hours = elapsed // 3600
+        return float((1 + self.growth_per_week) ** (hours * 3600 / WEEK_SECONDS))
 
     @field_validator("policy")
     @classmethod
@@ -144,6 +157,28 @@ _BUSY_POLICIES = (
     "FRAUD_MARKERS_READ",
 )
 
+#: A working day's demand by hour (peak at 10:00) and each weekday's scale (Monday busiest).
+WORKDAY_HOURS = (0.05,) * 6 + (0.15, 0.35, 0.6, 0.85, 1.0, 0.9, 0.7, 0.8, 0.85, 0.8, 0.65,
+                              0.45, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06)  # fmt: skip
+WEEKDAY_SCALE = (1.0, 0.9, 0.9, 0.9, 0.9, 0.35, 0.25)
+
+
+def weekly_cycle(policy: str, peak_factor: float, growth_per_week: float) -> list[dict[str, Any]]:
+    """168 hourly entries: ``peak_factor`` times the refill on Mondays 10:00, the rest of the
+    week in proportion (``WORKDAY_HOURS`` x ``WEEKDAY_SCALE``), all growing together."""
+    return [
+        {
+            "policy": policy,
+            "from_s": (day * 24 + hour) * 3600,
+            "to_s": (day * 24 + hour + 1) * 3600,
+            "refill_factor": peak_factor * WEEKDAY_SCALE[day] * WORKDAY_HOURS[hour],
+            "growth_per_week": growth_per_week,
+        }
+        for day in range(7)
+        for hour in range(24)
+    ]
+
+
 BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
     "steady": {
         "name": "steady",
@@ -236,6 +271,18 @@ BUILTIN_SCENARIOS: dict[str, dict[str, Any]] = {
             },
         ],
         "events": [{"at_s": 900, "category": "D"}],
+    },
+    "weekly-growth": {
+        "name": "weekly-growth",
+        "description": "For capacity planning, started on a Monday 00:00: a working week "
+        "(peak Mondays 10:00) repeating weekly. KEYS_CHECK peaks at 61 % of its refill and "
+        "grows 8 %/week, so it first throttles at the eighth Monday peak; ENTRIES_WRITE peaks "
+        "at 50 % and grows 1 %/week.",
+        "repeat_every_s": WEEK_SECONDS,
+        "traffic": [
+            *weekly_cycle("KEYS_CHECK", 0.61, 0.08),
+            *weekly_cycle("ENTRIES_WRITE", 0.5, 0.01),
+        ],
     },
     "demo": {
         "name": "demo",
