@@ -8,6 +8,14 @@ import dagster as dg
 
 from dict_ratelimit import tracing
 from dict_ratelimit.defs.alerts import alert_watchdog_job, alert_watchdog_schedule, alerts
+from dict_ratelimit.defs.capacity import (
+    capacity_daily_job,
+    capacity_outlook,
+    capacity_outlook_job,
+    capacity_schedules,
+    policy_daily_usage,
+    policy_weekly_profile,
+)
 from dict_ratelimit.defs.events import PULSAR_ALERT_EVENTS, publish_alert_events
 from dict_ratelimit.defs.failures import email_on_run_failure
 from dict_ratelimit.defs.metrics import derive_metrics_and_levels
@@ -33,6 +41,8 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
         metrics_job,
         retention_job,
         alert_watchdog_job,
+        capacity_daily_job,
+        capacity_outlook_job,
     ]
     failure_email = email_on_run_failure(settings, jobs)
     json_logs = settings.log_format == "json"
@@ -43,12 +53,16 @@ def build_definitions(resources: Mapping[str, object] | None = None) -> dg.Defin
             derive_metrics_and_levels,
             alerts,
             PULSAR_ALERT_EVENTS,
+            policy_daily_usage,
+            policy_weekly_profile,
+            capacity_outlook,
         ],
         jobs=jobs,
         schedules=[
             monitor_schedule(settings.monitor_cron, settings.monitor_shards, json_logs),
             retention_schedule(settings.retention_months, settings.months_ahead, json_logs),
             alert_watchdog_schedule(shards=settings.monitor_shards, json_logs=json_logs),
+            *capacity_schedules(json_logs),
         ],
         sensors=[
             publish_alert_events,

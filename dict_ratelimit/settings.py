@@ -14,6 +14,7 @@ import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -107,6 +108,8 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
     )
     partitions_start: dt.date = dt.date(2025, 10, 1)
+    #: Days and hours of the week of the capacity-planning tables and report (an IANA zone).
+    report_timezone: str = "America/Sao_Paulo"
     retention_months: int = Field(default=13, ge=1, le=120)
     months_ahead: int = Field(default=2, ge=0, le=24)
 
@@ -185,6 +188,21 @@ class Settings(BaseSettings):
     failure_email_smtp_password: SecretStr | None = None
     #: Base URL of the Dagster UI, for the run link in the e-mail.
     dagster_ui_url: str | None = None
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like America/Sao_Paulo"
+            ) from None
+        return value
+
+    @property
+    def report_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.report_timezone)
 
     @field_validator("participants", mode="before")
     @classmethod
