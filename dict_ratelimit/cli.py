@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from sqlalchemy.engine import URL, Engine
@@ -288,6 +289,52 @@ def simulator(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait()
+
+
+def _month(value: str | None, settings: Settings) -> dt.date:
+    """``YYYY-MM`` as the first day of that month; unset: the current month where reports are
+    read (the report time zone)."""
+    if value is None:
+        return SystemClock().now().astimezone(settings.report_zone).date().replace(day=1)
+    try:
+        return dt.datetime.strptime(value, "%Y-%m").date()
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a month like 2026-11", param_hint="--month"
+        ) from None
+
+
+@main.command()
+@click.option("--participant", "ispb", required=True, help="ISPB of the participant (8 digits).")
+@click.option("--month", help="YYYY-MM; default: the current month (report time zone).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the HTML page; default: capacity-<ISPB>-<YYYY-MM>.html here.",
+)
+def report(ispb: str, month: str | None, output: str | None) -> None:
+    """One participant's month of capacity usage: a summary here, charts in an HTML page.
+
+    Reads policy_daily_usage, policy_weekly_profile and capacity_outlook (materialize them
+    first: the daily schedule does, or a backfill in the Dagster UI).
+    """
+    from dict_ratelimit.report.data import ReportError, load_report
+    from dict_ratelimit.report.html import render_html
+    from dict_ratelimit.report.text import summary
+
+    if not (len(ispb) == 8 and ispb.isdigit()):
+        raise click.BadParameter(f"{ispb!r} is not an ISPB (8 digits)", param_hint="--participant")
+    settings = _settings()
+    first = _month(month, settings)
+    with _database(settings) as (_, engine):
+        try:
+            data = load_report(engine, ispb, first)
+        except ReportError as error:
+            raise click.ClickException(str(error)) from error
+    path = Path(output or f"capacity-{ispb}-{first:%Y-%m}.html")
+    path.write_text(render_html(data), encoding="utf-8")
+    click.echo(summary(data))
+    click.echo(f"\nHTML report: {path}")
 
 
 @main.command()
