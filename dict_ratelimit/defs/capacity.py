@@ -36,12 +36,12 @@ CAPACITY_DAYS = dg.DailyPartitionsDefinition(
 )
 
 
-def _round(value: object, digits: int = 4) -> float | None:
-    return None if value is None or pd.isna(value) else round(float(value), digits)  # type: ignore[arg-type]
+def _round(value: Any, digits: int = 4) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), digits)
 
 
-def _count(value: object) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)  # type: ignore[call-overload]
+def _count(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def _daily_metadata(report: DailyReport, window: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -235,7 +236,7 @@ def _shape(group: pd.DataFrame, end_local: dt.datetime) -> list[float]:
     return [float(value) for value in shape]
 
 
-def _none_if_nan(value: object) -> object:
+def _none_if_nan(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return value
@@ -255,8 +256,8 @@ def outlook_rows(
     by_pair = dict(tuple(hourly.groupby(["ispb", "policy"]))) if not hourly.empty else {}
     usage = usage_30d.set_index(["ispb", "policy"]) if not usage_30d.empty else None
     rows = []
-    for bucket in policies.itertuples(index=False):
-        key = (bucket.ispb, bucket.policy)
+    for bucket in policies.to_dict("records"):
+        key = (bucket["ispb"], bucket["policy"])
         group = by_pair.get(key)
         if group is None:
             peaks, shape = [], [0.0] * HOURS_PER_WEEK
@@ -271,31 +272,31 @@ def outlook_rows(
             minutes = _none_if_nan(usage.at[key, "minutes_exhausted"])
         result = outlook(
             OutlookInput(
-                ispb=bucket.ispb,
-                policy=bucket.policy,
+                ispb=bucket["ispb"],
+                policy=bucket["policy"],
                 as_of=as_of,
                 time_zone=time_zone,
-                capacity=float(bucket.capacity),
-                refill_tokens=float(bucket.refill_tokens),
-                refill_per_min=float(bucket.refill_per_min),
-                category=_none_if_nan(bucket.category),  # type: ignore[arg-type]
+                capacity=float(bucket["capacity"]),
+                refill_tokens=float(bucket["refill_tokens"]),
+                refill_per_min=float(bucket["refill_per_min"]),
+                category=_none_if_nan(bucket["category"]),
                 weekly_peaks=peaks,
                 shape=shape,
-                throttled_429_30d=None if throttled is None else int(throttled),  # type: ignore[call-overload]
-                minutes_exhausted_30d=None if minutes is None else float(minutes),  # type: ignore[arg-type]
+                throttled_429_30d=None if throttled is None else int(throttled),
+                minutes_exhausted_30d=None if minutes is None else float(minutes),
             )
         )
         trend, how = result.trend, result.peak_hour_of_week
         band = trend.growth_band if trend else (None, None)
         rows.append(
             {
-                "ispb": bucket.ispb,
-                "policy": bucket.policy,
+                "ispb": bucket["ispb"],
+                "policy": bucket["policy"],
                 "as_of": as_of,
                 "status": result.status,
-                "category": _none_if_nan(bucket.category),
-                "capacity": int(bucket.capacity),
-                "refill_per_min": float(bucket.refill_per_min),
+                "category": _none_if_nan(bucket["category"]),
+                "capacity": int(bucket["capacity"]),
+                "refill_per_min": float(bucket["refill_per_min"]),
                 "weeks_used": result.weeks_used,
                 "weekly_peak_share": result.weekly_peak_share,
                 "peak_hour_of_week": how,
@@ -310,7 +311,7 @@ def outlook_rows(
                 "first_429_earliest_at": result.earliest_429_at,
                 "first_429_latest_at": result.latest_429_at,
                 "weeks_to_first_429": result.weeks_until(as_of),
-                "throttled_429_30d": None if throttled is None else int(throttled),  # type: ignore[call-overload]
+                "throttled_429_30d": None if throttled is None else int(throttled),
                 "minutes_exhausted_30d": minutes,
                 "categories": json.dumps(category_rows(result)),
                 "weekly_peaks": json.dumps(
