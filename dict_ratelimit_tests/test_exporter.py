@@ -25,7 +25,12 @@ from dict_ratelimit.storage.embedded import EmbeddedPostgres, free_port
 from dict_ratelimit.storage.migrations import migrate
 from dict_ratelimit.storage.ticks import record_tick
 from dict_ratelimit_tests.conftest import MIGRATIONS_DIR
-from dict_ratelimit_tests.prometheus_tools import exporter_with_database_down, scrape, value
+from dict_ratelimit_tests.prometheus_tools import (
+    exporter_with_database_down,
+    scrape,
+    scrape_exporter,
+    value,
+)
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
 
@@ -258,7 +263,7 @@ def test_a_broken_query_blanks_only_its_own_collector(
     }
     assert success == {
         "policies": 1, "participants": 1, "alerts": 0, "outbox": 1, "monitor": 1, "throttling": 1,
-        "own_calls": 1,
+        "own_calls": 1, "capacity": 1,
     }  # fmt: skip
     assert value(samples, "dict_rate_limit_exporter_database_up") == 1
     assert len(samples["dict_rate_limit_available_tokens"]) == 56  # the others are all there
@@ -351,3 +356,49 @@ def test_the_runbook_base_url_is_published_for_the_rules_links(engine: Engine) -
     assert sample.labels == {"base_url": base} and sample.value == 1
     without = {f.name for f in DictRateLimitCollector(engine).collect()}
     assert "dict_rate_limit_runbook_info" not in without
+
+
+def test_the_capacity_outlook_and_the_worrying_profiles_are_exported(engine: Engine) -> None:
+    """Five weeks of the weekly-growth scenario: KEYS_CHECK is at risk, so its 168-hour
+    profile is exported; the outlook's numbers are the stored ones."""
+    from dict_ratelimit.pipeline.capacity import compute_outlook, compute_weekly_profile
+    from dict_ratelimit_tests.capacity_history import (
+        SAO_PAULO,
+        monday_midnight_before,
+        record_history,
+        weekly_simulator,
+    )
+    from dict_ratelimit_tests.timebase import base_time
+
+    start = monday_midnight_before(base_time(), 5)
+    end = start + dt.timedelta(weeks=5)
+    record_history(engine, weekly_simulator(start, "12345678"), "12345678", end, ("KEYS_CHECK",))
+    compute_weekly_profile(engine, end, SAO_PAULO)
+    compute_outlook(engine, end, SAO_PAULO)
+    samples = scrape_exporter(engine)
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.text("SELECT * FROM dict_ratelimit.latest_capacity_outlook")
+        ).one()
+    labels = {"ispb": "12345678", "policy": "KEYS_CHECK"}
+    assert row.status == "at_risk"
+    assert value(samples, "dict_rate_limit_capacity_status", status="at_risk", **labels) == 1
+    assert value(samples, "dict_rate_limit_capacity_weekly_peak_ratio", **labels) == pytest.approx(
+        row.weekly_peak_share
+    )
+    for bound, stored in (
+        ("estimate", row.growth_per_week),
+        ("low", row.growth_low_per_week),
+        ("high", row.growth_high_per_week),
+    ):
+        exported = value(samples, "dict_rate_limit_capacity_growth_per_week_ratio", bound=bound)
+        assert exported == pytest.approx(stored)
+    first = value(samples, "dict_rate_limit_capacity_first_429_timestamp_seconds", **labels)
+    assert first == pytest.approx(row.first_429_at.timestamp())
+    assert value(samples, "dict_rate_limit_capacity_outlook_timestamp_seconds") == end.timestamp()
+    profile = samples["dict_rate_limit_capacity_profile_ratio"]
+    assert len(profile) == 168
+    monday_ten = value(
+        samples, "dict_rate_limit_capacity_profile_ratio", weekday="Monday", hour="10"
+    )
+    assert monday_ten == max(s.value for s in profile)

@@ -3,6 +3,7 @@ simulator; queries, rule states and the Grafana dashboard's metric names are che
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import subprocess
@@ -17,16 +18,25 @@ import yaml
 from sqlalchemy.engine import URL, Engine
 
 from dict_ratelimit.exporter.server import start_exporter
+from dict_ratelimit.pipeline.capacity import compute_outlook, compute_weekly_profile
 from dict_ratelimit.storage.embedded import free_port
+from dict_ratelimit_tests.capacity_history import (
+    SAO_PAULO,
+    monday_midnight_before,
+    record_history,
+    weekly_simulator,
+)
 from dict_ratelimit_tests.prometheus_tools import DEPLOY, scrape, tool
 from dict_ratelimit_tests.simulation import running_simulator
 from dict_ratelimit_tests.ticks import monitor_resources, run_tick
+from dict_ratelimit_tests.timebase import base_time
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timebased]
 
 
 PARTICIPANTS = {"12345678": "A", "87654321": "D"}
 ANTISCAN = "ENTRIES_READ_PARTICIPANT_ANTISCAN"
+CAPACITY_ISPB = "60701190"
 DASHBOARD = DEPLOY / "grafana" / "dict-ratelimit.json"
 METRIC = re.compile(r"\bdict_rate_limit_[a-z0-9_]+")
 
@@ -91,6 +101,14 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
         assert run_tick(sim, resources).success
         sim.advance(90)
         assert run_tick(sim, resources).success  # anti-scan: first 429 within a minute
+    # five weeks of another participant's history, for the capacity row of the dashboard
+    start = monday_midnight_before(base_time(), 6)
+    end = start + dt.timedelta(weeks=5)
+    record_history(
+        engine, weekly_simulator(start, CAPACITY_ISPB), CAPACITY_ISPB, end, ["KEYS_CHECK"]
+    )
+    compute_weekly_profile(engine, end, SAO_PAULO)
+    compute_outlook(engine, end, SAO_PAULO)
     exporter, exporter_thread = start_exporter(
         engine, "127.0.0.1", 0, runbook_base_url="https://wiki.example.internal/runbook"
     )

@@ -79,6 +79,33 @@ _THROTTLE_TOTALS = """
 SELECT ispb, policy, total FROM dict_ratelimit.throttle_counter
 """
 
+#: The newest outlook per (participant, policy), from the last two days of computations only
+#: (the table keeps a row per day; the index on as_of keeps this cheap).
+_CAPACITY_OUTLOOK = """
+SELECT DISTINCT ON (ispb, policy)
+       ispb, policy, status, weekly_peak_share, growth_per_week, growth_low_per_week,
+       growth_high_per_week, EXTRACT(EPOCH FROM first_429_at) AS first_429,
+       EXTRACT(EPOCH FROM as_of) AS as_of
+FROM dict_ratelimit.capacity_outlook
+WHERE as_of >= (SELECT max(as_of) FROM dict_ratelimit.capacity_outlook) - interval '2 days'
+ORDER BY ispb, policy, as_of DESC
+"""
+
+#: The four-week weekly profile of the buckets whose outlook is not calm (168 series each:
+#: exporting every bucket's would be 168 series per policy per participant).
+_CAPACITY_PROFILE = """
+SELECT w.ispb, w.policy, w.weekday, w.hour, w.typical_share
+FROM dict_ratelimit.policy_weekly_profile AS w
+JOIN (
+    SELECT DISTINCT ON (ispb, policy) ispb, policy, status
+    FROM dict_ratelimit.capacity_outlook
+    WHERE as_of >= (SELECT max(as_of) FROM dict_ratelimit.capacity_outlook) - interval '2 days'
+    ORDER BY ispb, policy, as_of DESC
+) AS o USING (ispb, policy)
+WHERE w.window_weeks = 4 AND w.typical_share IS NOT NULL
+  AND o.status IN ('throttling', 'at_risk', 'growing')
+"""
+
 _OWN_CALLS = """
 SELECT ispb, call, total FROM dict_ratelimit.own_call_counter
 """
@@ -195,6 +222,7 @@ class DictRateLimitCollector(Collector):
             "monitor": self._monitor,
             "throttling": self._throttling,
             "own_calls": self._own_calls,
+            "capacity": self._capacity,
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -399,6 +427,71 @@ class DictRateLimitCollector(Collector):
         )
         for row in connection.execute(sa.text(_THROTTLE_TOTALS)):
             total.add_metric([row.ispb, row.policy], float(row.total))
+
+    def _capacity(self, connection: Connection, f: _Families, now: float) -> None:
+        """The capacity outlook (computed daily by the ``capacity_outlook`` asset) and the
+        weekly profile of the buckets it worries about."""
+        status = f.gauge(
+            "capacity_status",
+            "1 for the status of the newest capacity outlook of the bucket: throttling, "
+            "at_risk, growing, stable or insufficient_history",
+            ["ispb", "policy", "status"],
+        )
+        peak = f.gauge(
+            "capacity_weekly_peak_ratio",
+            "Weekly peak of hourly demand over the refill, at the trend's current value",
+            ["ispb", "policy"],
+        )
+        growth = f.gauge(
+            "capacity_growth_per_week_ratio",
+            "Weekly growth of the weekly peak (0.04 = +4 %/week): estimate and 95 % band",
+            ["ispb", "policy", "bound"],
+        )
+        first_429 = f.gauge(
+            "capacity_first_429_timestamp_seconds",
+            "When the bucket is expected to answer its first 429 at the trend (absent: not "
+            "within two years)",
+            ["ispb", "policy"],
+        )
+        as_of = f.gauge(
+            "capacity_outlook_timestamp_seconds",
+            "The local midnight the newest capacity outlook was computed as of",
+            [],
+        )
+        newest = None
+        for row in connection.execute(sa.text(_CAPACITY_OUTLOOK)):
+            labels = {"ispb": row.ispb, "policy": row.policy}
+            _add(status, {**labels, "status": row.status}, 1.0)
+            for family, value, extra in (
+                (peak, row.weekly_peak_share, {}),
+                (growth, row.growth_per_week, {"bound": "estimate"}),
+                (growth, row.growth_low_per_week, {"bound": "low"}),
+                (growth, row.growth_high_per_week, {"bound": "high"}),
+                (first_429, row.first_429, {}),
+            ):
+                number = _finite(value)
+                if number is not None:
+                    _add(family, {**labels, **extra}, number)
+            newest = max(newest or 0.0, float(row.as_of))
+        if newest is not None:
+            as_of.add_metric([], newest)
+        profile = f.gauge(
+            "capacity_profile_ratio",
+            "Typical demand over the refill per local weekday and hour, last four weeks "
+            "(buckets whose outlook is throttling, at_risk or growing)",
+            ["ispb", "policy", "weekday", "hour"],
+        )
+        for row in connection.execute(sa.text(_CAPACITY_PROFILE)):
+            _add(
+                profile,
+                {
+                    "ispb": row.ispb,
+                    "policy": row.policy,
+                    "weekday": row.weekday,
+                    "hour": f"{row.hour:02d}",
+                },
+                float(row.typical_share),
+            )
 
     def _own_calls(self, connection: Connection, f: _Families, now: float) -> None:
         """The monitor's own DICT calls per participant (``increase(...[1h])``: its spend per
