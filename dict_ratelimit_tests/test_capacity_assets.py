@@ -65,7 +65,7 @@ def test_one_run_backfills_every_day_and_the_outlook_sees_the_throttling(
     result = _run(
         db_url,
         now,
-        "capacity_daily",
+        "capacity_daily_job",
         tags={
             "dagster/asset_partition_range_start": first,
             "dagster/asset_partition_range_end": last,
@@ -97,7 +97,7 @@ def test_one_run_backfills_every_day_and_the_outlook_sees_the_throttling(
     assert [row.day for row in throttled_days] == [last_monday]
     assert month == metadata["throttled_429_total"]
 
-    result = _run(db_url, now, "capacity_outlook")
+    result = _run(db_url, now, "capacity_outlook_job")
     [profile] = materializations(result, "policy_weekly_profile")
     assert profile.metadata["rows_written"].value == 2 * 168
     top = profile.metadata["hottest_hours"].value.records[0].data
@@ -121,7 +121,7 @@ def test_recomputing_a_day_whose_readings_are_gone_keeps_its_row(
     start, end = history
     now = end + dt.timedelta(hours=3)
     day = _day(start + dt.timedelta(days=1))
-    _run(db_url, now, "capacity_daily", partition_key=day)
+    _run(db_url, now, "capacity_daily_job", partition_key=day)
     with engine.begin() as connection:
         before = connection.execute(
             sa.text("SELECT readings, peak_utilization FROM dict_ratelimit.policy_daily_usage")
@@ -134,7 +134,7 @@ def test_recomputing_a_day_whose_readings_are_gone_keeps_its_row(
             ),
             {"day": dt.date.fromisoformat(day)},
         )
-    result = _run(db_url, now, "capacity_daily", partition_key=day)
+    result = _run(db_url, now, "capacity_daily_job", partition_key=day)
     [daily] = materializations(result, "policy_daily_usage")
     assert daily.metadata["rows_written"].value == 0
     with engine.connect() as connection:
@@ -156,7 +156,7 @@ def test_the_outlook_of_a_monitor_without_history_says_so(db_url: URL, engine: E
             ),
             {"ispb": ISPB},
         )
-    result = _run(db_url, now, "capacity_outlook")
+    result = _run(db_url, now, "capacity_outlook_job")
     [outlook] = materializations(result, "capacity_outlook")
     assert outlook.metadata["count_insufficient_history"].value == 1
     with engine.connect() as connection:

@@ -215,13 +215,13 @@ def capacity_outlook(
 
 
 capacity_daily_job = dg.define_asset_job(
-    "capacity_daily",
+    "capacity_daily_job",
     selection=[policy_daily_usage],
     partitions_def=CAPACITY_DAYS,
     description="Daily usage of one local day (or, as a backfill, of a range in one run).",
 )
 capacity_outlook_job = dg.define_asset_job(
-    "capacity_outlook",
+    "capacity_outlook_job",
     selection=[policy_weekly_profile, capacity_outlook],
     description="The weekly profile, then the outlook, as of today's local midnight.",
 )
