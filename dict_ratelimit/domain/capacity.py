@@ -407,10 +407,9 @@ def _category_advice(data: OutlookInput, result: Outlook) -> str:
             fate = "no 429 within two years"
         else:
             fate = f"first 429 around {_day(option.first_429_at, data.time_zone)}"
-        parts.append(
-            f"{option.category}: {option.refill_per_min:,.0f}/min, peak "
-            f"{option.weekly_peak_share:.0%}, {fate}"
-        )
+        share = option.weekly_peak_share
+        peak = f"{share:.0%}" if share < 10 else f"{share:,.0f}x the refill"
+        parts.append(f"{option.category}: {option.refill_per_min:,.0f}/min, peak {peak}, {fate}")
     lowest_safe = max(safe, key=lambda c: c.category).category if safe else None
     summary = (
         f"Lowest category that would hold this demand: {lowest_safe}."
