@@ -85,7 +85,12 @@ def _daily_metadata(report: DailyReport, window: str) -> dict[str, Any]:
 
 
 @dg.asset(
-    deps=["policy_metrics", "threshold_evaluations"],
+    # local days over UTC-day metric partitions: Dagster maps no time window across zones, so
+    # the dependency is declared on the metrics as a whole (the SQL reads the local day's range)
+    deps=[
+        dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping())
+        for name in ("policy_metrics", "threshold_evaluations")
+    ],
     partitions_def=CAPACITY_DAYS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="capacity",
