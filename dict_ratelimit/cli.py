@@ -332,7 +332,10 @@ def report(ispb: str, month: str | None, output: str | None) -> None:
         except ReportError as error:
             raise click.ClickException(str(error)) from error
     path = Path(output or f"capacity-{ispb}-{first:%Y-%m}.html")
-    path.write_text(render_html(data), encoding="utf-8")
+    try:
+        path.write_text(render_html(data), encoding="utf-8")
+    except OSError as error:
+        raise click.ClickException(f"cannot write {path}: {error.strerror}") from error
     click.echo(summary(data))
     click.echo(f"\nHTML report: {path}")
 

@@ -60,11 +60,15 @@ def reported(pg_server, template_db) -> Iterator[dict[str, Any]]:  # type: ignor
 
 
 def _report(
-    reported: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str
+    reported: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *args: str,
+    output: Path | None = None,
 ) -> tuple[Any, Path]:
     url: URL = reported["url"]
     monkeypatch.setenv("DATABASE_URL", url.render_as_string(hide_password=False))
-    output = tmp_path / "report.html"
+    output = output or tmp_path / "report.html"
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(main, ["report", *args, "--output", str(output)])
@@ -191,5 +195,12 @@ def test_a_participant_or_month_without_data_is_one_clear_line(
     assert result.exit_code == 1
     assert f"no daily usage of participant {ISPB} in {far:%Y-%m}" in result.output
     assert not output.exists()
+    month = f"{reported['month']:%Y-%m}"
+    nowhere = tmp_path / "missing" / "dir" / "report.html"
+    result, _ = _report(
+        reported, monkeypatch, tmp_path, "--participant", ISPB, "--month", month, output=nowhere
+    )
+    assert result.exit_code == 1
+    assert "cannot write" in result.output and "No such file or directory" in result.output
     result, _ = _report(reported, monkeypatch, tmp_path, "--participant", "12ab", "--month", "x")
     assert result.exit_code == 2 and "not an ISPB" in result.output

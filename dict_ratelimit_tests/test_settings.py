@@ -41,6 +41,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DICT_RATELIMIT_BRIDGE_TARGET", "nohost", "expected host:port"),
         ("DICT_RATELIMIT_MONITOR_CRON", "every minute", "five-field cron"),
         ("DICT_RATELIMIT_EXTRA_POLICIES", "NEW_ONE,bad name", "not policy names"),
+        ("DICT_RATELIMIT_REPORT_TIMEZONE", "Brasilia", "unknown time zone 'Brasilia'"),
+        ("DICT_RATELIMIT_REPORT_TIMEZONE", "../../etc/passwd", "unknown time zone"),
         ("DICT_RATELIMIT_PULSAR_URL", "http://broker", "pulsar://"),
         ("DICT_RATELIMIT_SIMULATOR_PARTICIPANTS", "12345678:Z", "must be one of A-H"),
     ],
