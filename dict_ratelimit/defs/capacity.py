@@ -221,8 +221,7 @@ def capacity_outlook(
 
 capacity_daily_job = dg.define_asset_job(
     "capacity_daily_job",
-    selection=[policy_daily_usage],
-    partitions_def=CAPACITY_DAYS,
+    selection=[policy_daily_usage],  # partitioned like its asset: one local day per run
     description="Daily usage of one local day (or, as a backfill, of a range in one run).",
 )
 capacity_outlook_job = dg.define_asset_job(
