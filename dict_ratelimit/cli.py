@@ -297,7 +297,10 @@ def _month(value: str | None, settings: Settings) -> dt.date:
     if value is None:
         return SystemClock().now().astimezone(settings.report_zone).date().replace(day=1)
     try:
-        return dt.datetime.strptime(value, "%Y-%m").date()
+        month = dt.datetime.strptime(value, "%Y-%m").date()
+        if not 2000 <= month.year <= 2999:
+            raise ValueError(value)
+        return month
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not a month like 2026-11", param_hint="--month"

@@ -47,13 +47,18 @@ def record_history(
     until: dt.datetime,
     policies: Sequence[str],
     skip: Sequence[tuple[dt.datetime, dt.datetime]] = (),
+    offset: dt.timedelta = dt.timedelta(0),
 ) -> int:
     """Read ``policies`` every five minutes until ``until``; store readings and the Bridge's
     counts, then derive metrics and levels. Readings inside ``skip`` windows are not stored
-    (the monitor was down), though the simulator keeps serving traffic. Returns readings."""
+    (the monitor was down), though the simulator keeps serving traffic; ``offset`` delays the
+    first reading (and so every other). Returns readings."""
     clock = simulator.clock
     assert isinstance(clock, ManualClock)
     start = clock.now()
+    if offset:  # readings at :02, :07, ... instead of on the hour
+        clock.advance(offset.total_seconds())
+        simulator.request_stats(ispb, offset)
     snapshots, stats = [], []
     while clock.now() + TICK <= until:
         now = clock.advance(TICK.total_seconds())

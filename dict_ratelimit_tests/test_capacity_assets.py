@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, Engine
 from dict_ratelimit.definitions import build_definitions
 from dict_ratelimit.defs.capacity import CAPACITY_DAYS, capacity_schedules
 from dict_ratelimit.defs.resources import ClockResource, PostgresResource
+from dict_ratelimit.defs.tables import metadata_table
 from dict_ratelimit_tests.capacity_history import (
     SAO_PAULO,
     monday_midnight_before,
@@ -193,3 +194,70 @@ def test_the_outlook_schedule_runs_daily_at_one_local_time() -> None:
     assert outlook.cron_schedule == "0 1 * * *"
     assert outlook.execution_timezone == "America/Sao_Paulo"
     assert outlook.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_readings_off_the_hour_cover_midnight_and_a_day_with_counts_only_keeps_its_429s(
+    db_url: URL, engine: Engine
+) -> None:
+    start = monday_midnight_before(base_time(), WEEKS)
+    end = start + dt.timedelta(weeks=WEEKS)
+    simulator = weekly_simulator(start, ISPB)
+    offset = dt.timedelta(minutes=2)
+    record_history(engine, simulator, ISPB, end, ("KEYS_CHECK",), offset=offset)
+    throttled_monday = (start + dt.timedelta(weeks=7)).astimezone(SAO_PAULO).date()
+    with engine.begin() as connection:  # that day's readings were refused: counts only
+        for table in ("threshold_evaluation", "policy_metric"):
+            connection.execute(
+                sa.text(
+                    f"DELETE FROM dict_ratelimit.{table} WHERE "
+                    "(response_time AT TIME ZONE 'America/Sao_Paulo')::date = :day"
+                ),
+                {"day": throttled_monday},
+            )
+    now = end + dt.timedelta(hours=3)
+    _run(
+        db_url,
+        now,
+        "capacity_daily_job",
+        tags={
+            "dagster/asset_partition_range_start": _day(start),
+            "dagster/asset_partition_range_end": _day(end - dt.timedelta(minutes=1)),
+        },
+    )
+    with engine.connect() as connection:
+        rows = {
+            r.day: r
+            for r in connection.execute(
+                sa.text("SELECT * FROM dict_ratelimit.policy_daily_usage ORDER BY day")
+            )
+        }
+    first_day = start.astimezone(SAO_PAULO).date()
+    # the day before's 23:57 reading speaks for 00:00-00:02: no gap at midnight
+    around = {throttled_monday, throttled_monday + dt.timedelta(days=1)}  # the gap's days
+    for day, row in rows.items():
+        if day == first_day or day in around:
+            continue
+        assert (row.readings, row.gaps, row.gap_minutes) == (288, 0, 0), day
+        assert row.observed_minutes == pytest.approx(1440)
+    # the very first reading (00:07) has nothing before it
+    assert rows[first_day].gap_minutes == pytest.approx(7) and rows[first_day].gaps == 0
+    counts_only = rows[throttled_monday]
+    assert counts_only.readings == 0 and counts_only.peak_utilization is None
+    assert counts_only.throttled_429 > 0 and counts_only.demand_source == "bridge_stats"
+    # Sunday's 23:57 reading covers Monday until 00:12; the rest of Monday is one gap
+    assert counts_only.gaps == 1 and counts_only.gap_minutes == pytest.approx(1440 - 12)
+    assert counts_only.peak_demand_share > 1  # over the refill the policy table knows
+    # the stretch without readings touches Monday and Tuesday (until its 00:02), not Sunday
+    tuesday = rows[throttled_monday + dt.timedelta(days=1)]
+    assert tuesday.gaps == 1 and tuesday.gap_minutes == pytest.approx(2)
+
+
+def test_metadata_tables_take_rows_with_and_without_values() -> None:
+    table = metadata_table(
+        [("policy", "string"), ("first_429_at", "string")],
+        [{"policy": "a", "first_429_at": None}, {"policy": "b", "first_429_at": "2027-01-04"}],
+    )
+    assert [record.data for record in table.value.records] == [
+        {"policy": "a", "first_429_at": None},
+        {"policy": "b", "first_429_at": "2027-01-04"},
+    ]

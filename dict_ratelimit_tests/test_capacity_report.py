@@ -143,7 +143,7 @@ def test_the_report_prints_the_month_and_writes_a_page_that_renders_the_data(
 
 def test_the_page_escapes_what_it_did_not_write(tmp_path: Path) -> None:
     """A recommendation is text from the database: it must not become markup or script."""
-    hostile = "</script><script>console.error('injected')</script><b>x</b>"
+    hostile = "<!--<script></script><script>console.error('injected')</script><b>x</b>"
     report = ReportData(
         ispb="12345678",
         category="A",
@@ -204,3 +204,7 @@ def test_a_participant_or_month_without_data_is_one_clear_line(
     assert "cannot write" in result.output and "No such file or directory" in result.output
     result, _ = _report(reported, monkeypatch, tmp_path, "--participant", "12ab", "--month", "x")
     assert result.exit_code == 2 and "not an ISPB" in result.output
+    result, _ = _report(
+        reported, monkeypatch, tmp_path, "--participant", ISPB, "--month", "9999-12"
+    )
+    assert result.exit_code == 2 and "not a month like 2026-11" in result.output

@@ -175,6 +175,9 @@ def _outlook_metadata(report: OutlookReport) -> dict[str, Any]:
             for status in ("throttling", "at_risk", "growing", "stable", "insufficient_history")
         },
         "weeks_to_first_429_min": _round(soonest, 2),
+        "failed": len(report.failed),
+        "failed_buckets": dg.MetadataValue.json(report.failed[:20]),
+        "outlooks_pruned": report.pruned,
         "most_urgent": metadata_table(
             [
                 ("policy", "string"),
@@ -216,6 +219,8 @@ def capacity_outlook(
     report = compute_outlook(
         postgres.engine, clock.clock().now(), REPORT_ZONE, progress=context.log.info
     )
+    for line in report.failed:  # one line per bucket the math could not take
+        context.log.warning(f"capacity outlook skipped {line}")
     return dg.MaterializeResult(metadata=_outlook_metadata(report))
 
 

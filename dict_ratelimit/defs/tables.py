@@ -15,11 +15,9 @@ def metadata_table(
     columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]
 ) -> dg.MetadataValue:
     """``rows`` (dicts keyed by column name) as a table with ``columns`` (name, type);
-    a missing or None value is left empty."""
+    a missing or None value is an empty cell. Every record keeps every column: Dagster refuses
+    a table whose records have different fields."""
     return dg.MetadataValue.table(
-        records=[
-            dg.TableRecord({name: row[name] for name, _ in columns if row.get(name) is not None})
-            for row in rows
-        ],
+        records=[dg.TableRecord({name: row.get(name) for name, _ in columns}) for row in rows],
         schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
     )

@@ -86,8 +86,10 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float], confidence: float = 0.95
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     spread = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18)
     count = len(slopes)
-    low_rank = max(0, min(count - 1, math.floor((count - spread) / 2)))
-    high_rank = max(0, min(count - 1, math.ceil((count + spread) / 2)))
+    # Sen: the lower limit is the M1-th smallest slope and the upper the (M2 + 1)-th, with
+    # M1 = (N - C) / 2 and M2 = (N + C) / 2 (1-based; here 0-based indexes)
+    low_rank = max(0, min(count - 1, round((count - spread) / 2) - 1))
+    high_rank = max(0, min(count - 1, round((count + spread) / 2)))
     residuals = [abs(y - (intercept + slope * x)) for x, y in zip(xs, ys, strict=True)]
     return Trend(slope, intercept, slopes[low_rank], slopes[high_rank], _median(residuals), n)
 
@@ -147,6 +149,7 @@ def project(
     top = max(shape)
     if top <= 0 or peak_share <= 0:
         return Projection(None, None)
+    start = start.astimezone(dt.timezone.utc)  # real hours, whatever the zone's clock does
     # Until the peak share crosses 1 no hour drains and the bucket stays full: start there.
     if peak_share >= 1:
         crossing = 0.0
@@ -163,6 +166,8 @@ def project(
         hour += dt.timedelta(hours=1)
     level = capacity_minutes  # minutes of refill left in the bucket
     exceeds: dt.datetime | None = None
+    week_started_full = True
+    hours_walked = 0
     while hour < end:
         weeks = (hour - start) / WEEK
         how = hour_of_week(hour.astimezone(time_zone))
@@ -175,6 +180,13 @@ def project(
             return Projection(exceeds, hour + dt.timedelta(minutes=minutes))
         level = min(capacity_minutes, level - drain)
         hour += dt.timedelta(hours=1)
+        hours_walked += 1
+        if hours_walked % HOURS_PER_WEEK == 0:
+            # demand that does not grow repeats the same week: a week that starts and ends
+            # with a full bucket will be survived for ever
+            if slope <= 0 and week_started_full and level >= capacity_minutes:
+                return Projection(exceeds, None)
+            week_started_full = level >= capacity_minutes
     return Projection(exceeds, None)
 
 
@@ -249,10 +261,13 @@ def weekly_peaks(
     never zero, and a block with too few of them is marked unusable.
     """
     blocks: list[list[tuple[dt.datetime, float]]] = [[] for _ in range(weeks)]
+    # blocks of real elapsed time: aware arithmetic in a local zone is wall-clock arithmetic,
+    # and 13 "weeks" across a clock change are an hour longer or shorter than 13 x 168 hours
+    end = end.astimezone(dt.timezone.utc)
     first = end - weeks * WEEK
     for at, share in hours:
         if first <= at < end and not math.isnan(share):
-            blocks[int((at - first) / WEEK)].append((at, share))
+            blocks[min(int((at - first) / WEEK), weeks - 1)].append((at, share))
     peaks = []
     for index, block in enumerate(blocks):
         start = first + index * WEEK
@@ -316,7 +331,7 @@ def outlook(data: OutlookInput) -> Outlook:
         status = "throttling"
     elif first is not None and first - data.as_of <= AT_RISK_WITHIN:
         status = "at_risk"
-    elif trend.slope_low > 0:
+    elif trend.slope_low > 0 or first is not None:
         status = "growing"
     else:
         status = "stable"
@@ -387,7 +402,7 @@ def recommendation(data: OutlookInput, result: Outlook) -> str:
     advice = {
         "throttling": " Act now: spread the peak, cut retries, or ask BACEN for more capacity.",
         "at_risk": " Plan within the quarter: spread the peak hour or prepare a capacity request.",
-        "growing": " Growing but not at risk this quarter: review monthly.",
+        "growing": " Not at risk this quarter: review monthly.",
         "stable": " No action needed.",
     }
     text += advice.get(result.status, "")

@@ -91,8 +91,8 @@ WHERE as_of >= (SELECT max(as_of) FROM dict_ratelimit.capacity_outlook) - interv
 ORDER BY ispb, policy, as_of DESC
 """
 
-#: The four-week weekly profile of the buckets whose outlook is not calm (168 series each:
-#: exporting every bucket's would be 168 series per policy per participant).
+#: The four-week weekly profile of the buckets that throttle or will within a quarter (168
+#: series each: every bucket's would be 168 series per policy per participant).
 _CAPACITY_PROFILE = """
 SELECT w.ispb, w.policy, w.weekday, w.hour, w.typical_share
 FROM dict_ratelimit.policy_weekly_profile AS w
@@ -103,7 +103,7 @@ JOIN (
     ORDER BY ispb, policy, as_of DESC
 ) AS o USING (ispb, policy)
 WHERE w.window_weeks = 4 AND w.typical_share IS NOT NULL
-  AND o.status IN ('throttling', 'at_risk', 'growing')
+  AND o.status IN ('throttling', 'at_risk')
 """
 
 _OWN_CALLS = """
@@ -478,7 +478,7 @@ class DictRateLimitCollector(Collector):
         profile = f.gauge(
             "capacity_profile_ratio",
             "Typical demand over the refill per local weekday and hour, last four weeks "
-            "(buckets whose outlook is throttling, at_risk or growing)",
+            "(buckets whose outlook is throttling or at_risk)",
             ["ispb", "policy", "weekday", "hour"],
         )
         for row in connection.execute(sa.text(_CAPACITY_PROFILE)):

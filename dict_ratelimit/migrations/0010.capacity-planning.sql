@@ -9,16 +9,16 @@ CREATE TABLE dict_ratelimit.policy_daily_usage (
     policy                   text        NOT NULL,
     day                      date        NOT NULL,
     time_zone                text        NOT NULL,
-    readings                 integer     NOT NULL CHECK (readings > 0),
+    readings                 integer     NOT NULL CHECK (readings >= 0),
     observed_minutes         double precision NOT NULL CHECK (observed_minutes >= 0),
     gaps                     integer     NOT NULL CHECK (gaps >= 0),
     gap_minutes              double precision NOT NULL CHECK (gap_minutes >= 0),
-    capacity                 bigint      NOT NULL,
-    refill_per_min           double precision NOT NULL,
-    peak_utilization         double precision NOT NULL,
-    p95_utilization          double precision NOT NULL,
-    min_remaining_ratio      double precision NOT NULL,
-    min_available_tokens     bigint      NOT NULL,
+    capacity                 bigint,
+    refill_per_min           double precision,
+    peak_utilization         double precision,
+    p95_utilization          double precision,
+    min_remaining_ratio      double precision,
+    min_available_tokens     bigint,
     minutes_warning          double precision NOT NULL,
     minutes_critical         double precision NOT NULL,
     minutes_exhausted        double precision NOT NULL,
@@ -36,11 +36,11 @@ CREATE INDEX policy_daily_usage_day_idx ON dict_ratelimit.policy_daily_usage (da
 COMMENT ON TABLE dict_ratelimit.policy_daily_usage IS
     'Per participant, policy and local day: how hot the bucket ran, time at each level, 429s, demand against the refill, and how much of the day was observed';
 COMMENT ON COLUMN dict_ratelimit.policy_daily_usage.readings IS
-    'Readings of the day; a day without any reading has no row (missing is not zero)';
+    'Readings of the day. A day with neither readings nor Bridge counts has no row (missing is not zero); a day with counts only has readings = 0 and NULL reading columns';
 COMMENT ON COLUMN dict_ratelimit.policy_daily_usage.observed_minutes IS
-    'Minutes covered by readings: each reading holds until the next, at most 15 minutes';
+    'Minutes covered by readings: each reading holds until the next, at most 15 minutes, across midnight too';
 COMMENT ON COLUMN dict_ratelimit.policy_daily_usage.gaps IS
-    'Stretches of more than 15 minutes without a reading (including the start and end of the day)';
+    'Stretches of more than 15 minutes without a reading that touch the day (one across midnight counts in both days)';
 COMMENT ON COLUMN dict_ratelimit.policy_daily_usage.throttled_429 IS
     '429 answers the Bridge counted for the policy that day; NULL when the Bridge reported no counts';
 COMMENT ON COLUMN dict_ratelimit.policy_daily_usage.demand_source IS
@@ -111,7 +111,7 @@ CREATE TABLE dict_ratelimit.capacity_outlook (
 );
 CREATE INDEX capacity_outlook_as_of_idx ON dict_ratelimit.capacity_outlook (as_of);
 COMMENT ON TABLE dict_ratelimit.capacity_outlook IS
-    'Per participant and policy, one row per computation: weekly-peak trend with its band, when the bucket would start throttling at its weekly peak, and a recommendation';
+    'Per participant and policy, one row per daily computation (kept 92 days): weekly-peak trend with its band, when the bucket would start throttling at its weekly peak, and a recommendation';
 COMMENT ON COLUMN dict_ratelimit.capacity_outlook.growth_per_week IS
     'Theil-Sen trend of the weekly peaks (log scale): 0.04 = +4 % a week; low/high: its 95 % band';
 COMMENT ON COLUMN dict_ratelimit.capacity_outlook.peak_exceeds_refill_at IS
@@ -121,12 +121,14 @@ COMMENT ON COLUMN dict_ratelimit.capacity_outlook.first_429_at IS
 COMMENT ON COLUMN dict_ratelimit.capacity_outlook.categories IS
     'What-if per DICT category (reference tables, not what DICT returns): refill, capacity, weekly peak share, first 429';
 
+-- the newest computation and the day before it only: the table keeps a quarter of daily rows
 CREATE VIEW dict_ratelimit.latest_capacity_outlook AS
 SELECT DISTINCT ON (ispb, policy) *
 FROM dict_ratelimit.capacity_outlook
+WHERE as_of >= (SELECT max(as_of) FROM dict_ratelimit.capacity_outlook) - interval '2 days'
 ORDER BY ispb, policy, as_of DESC;
 COMMENT ON VIEW dict_ratelimit.latest_capacity_outlook IS
-    'The newest outlook per (participant, policy)';
+    'The newest outlook per (participant, policy) still computed (within two days of the newest run)';
 
 CREATE VIEW dict_ratelimit.policy_monthly_usage AS
 SELECT

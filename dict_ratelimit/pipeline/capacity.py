@@ -24,6 +24,7 @@ from dict_ratelimit.domain.capacity import (
     HOURS_PER_WEEK,
     WEEKDAYS,
     OutlookInput,
+    WeeklyPeak,
     category_rows,
     outlook,
     weekly_peaks,
@@ -32,6 +33,7 @@ from dict_ratelimit.storage.capacity import (
     daily_summary,
     hourly_demand,
     monitored_policies,
+    prune_outlooks,
     replace_outlooks,
     replace_weekly_profile,
     upsert_daily_usage,
@@ -39,8 +41,12 @@ from dict_ratelimit.storage.capacity import (
 
 Progress = Callable[[str], None]
 PROFILE_WINDOWS = (4, 13)
-#: Participants per chunk of the profile and outlook steps (13 weeks of hourly demand each).
-CHUNK = 50
+#: Participants per chunk of the profile and outlook steps: 13 weeks of hourly demand of 10
+#: participants x 28 policies is about 600,000 rows (a few hundred MB while read).
+CHUNK = 10
+#: How long the daily outlooks are kept (one row per bucket per day): a quarter of history to
+#: see a forecast move, without a year of recommendations per bucket.
+OUTLOOK_HISTORY = dt.timedelta(days=92)
 
 
 def _quiet(_: str) -> None:
@@ -73,9 +79,10 @@ def compute_daily_usage(
     time_zone: ZoneInfo,
     computed_at: dt.datetime,
     progress: Progress = _quiet,
-    chunk_days: int = 31,
+    chunk_days: int = 7,
 ) -> DailyReport:
-    """Recompute the local days of ``[start, end)``, ``chunk_days`` per transaction."""
+    """Recompute the local days of ``[start, end)``, ``chunk_days`` per transaction (a week of
+    every participant's readings per SQL pass: bounded work and a progress line each)."""
     began = time.perf_counter()
     report = DailyReport()
     first_day = start.astimezone(time_zone).date()
@@ -218,6 +225,8 @@ class OutlookReport:
 
     as_of: dt.datetime
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    failed: list[str] = field(default_factory=list)
+    pruned: int = 0
     seconds: float = 0.0
 
 
@@ -249,89 +258,121 @@ def outlook_rows(
     as_of: dt.datetime,
     time_zone: ZoneInfo,
     computed_at: dt.datetime,
+    failed: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One outlook row per (participant, policy) of ``policies`` (13 weeks of ``hourly``)."""
+    """One outlook row per (participant, policy) of ``policies`` (13 weeks of ``hourly``).
+
+    A bucket whose data the math cannot take is named in ``failed`` (one line each) and
+    left out; the others get their rows.
+    """
     hourly = _with_hour_of_week(hourly) if not hourly.empty else hourly
-    end_local = as_of.astimezone(time_zone).replace(tzinfo=None)
     by_pair = dict(tuple(hourly.groupby(["ispb", "policy"]))) if not hourly.empty else {}
     usage = usage_30d.set_index(["ispb", "policy"]) if not usage_30d.empty else None
     rows = []
     for bucket in policies.to_dict("records"):
         key = (bucket["ispb"], bucket["policy"])
-        group = by_pair.get(key)
-        if group is None:
-            peaks, shape = [], [0.0] * HOURS_PER_WEEK
-        else:
-            hours = list(zip(_aware_hours(group["hour"], time_zone), group["share"], strict=True))
-            hours = [(at, share) for at, share in hours if not pd.isna(at)]
-            peaks = weekly_peaks(hours, as_of, max(PROFILE_WINDOWS))
-            shape = _shape(group, end_local)
-        throttled = minutes = None
-        if usage is not None and key in usage.index:
-            throttled = _none_if_nan(usage.at[key, "throttled_429"])
-            minutes = _none_if_nan(usage.at[key, "minutes_exhausted"])
-        result = outlook(
-            OutlookInput(
-                ispb=bucket["ispb"],
-                policy=bucket["policy"],
-                as_of=as_of,
-                time_zone=time_zone,
-                capacity=float(bucket["capacity"]),
-                refill_tokens=float(bucket["refill_tokens"]),
-                refill_per_min=float(bucket["refill_per_min"]),
-                category=_none_if_nan(bucket["category"]),
-                weekly_peaks=peaks,
-                shape=shape,
-                throttled_429_30d=None if throttled is None else int(throttled),
-                minutes_exhausted_30d=None if minutes is None else float(minutes),
+        try:
+            rows.append(
+                _outlook_row(bucket, by_pair.get(key), usage, as_of, time_zone, computed_at)
             )
-        )
-        trend, how = result.trend, result.peak_hour_of_week
-        band = trend.growth_band if trend else (None, None)
-        rows.append(
-            {
-                "ispb": bucket["ispb"],
-                "policy": bucket["policy"],
-                "as_of": as_of,
-                "status": result.status,
-                "category": _none_if_nan(bucket["category"]),
-                "capacity": int(bucket["capacity"]),
-                "refill_per_min": float(bucket["refill_per_min"]),
-                "weeks_used": result.weeks_used,
-                "weekly_peak_share": result.weekly_peak_share,
-                "peak_hour_of_week": how,
-                "peak_weekday": None if how is None else WEEKDAYS[how // 24],
-                "peak_hour": None if how is None else how % 24,
-                "growth_per_week": trend.growth_per_week if trend else None,
-                "growth_low_per_week": band[0],
-                "growth_high_per_week": band[1],
-                "fit_mad": trend.mad if trend else None,
-                "peak_exceeds_refill_at": result.projection.exceeds_refill_at,
-                "first_429_at": result.projection.first_429_at,
-                "first_429_earliest_at": result.earliest_429_at,
-                "first_429_latest_at": result.latest_429_at,
-                "weeks_to_first_429": result.weeks_until(as_of),
-                "throttled_429_30d": None if throttled is None else int(throttled),
-                "minutes_exhausted_30d": minutes,
-                "categories": json.dumps(category_rows(result)),
-                "weekly_peaks": json.dumps(
-                    [
-                        {
-                            "week_start": p.block_start.isoformat(),
-                            "peak_share": round(p.share, 4),
-                            "at": p.at.isoformat(),
-                            "hours_seen": p.hours_seen,
-                            "used": p.usable,
-                        }
-                        for p in peaks
-                    ]
-                ),
-                "recommendation": result.recommendation,
-                "time_zone": time_zone.key,
-                "computed_at": computed_at,
-            }
-        )
+        except (ValueError, ArithmeticError) as error:  # one bucket's data, not everyone's
+            if failed is None:
+                raise
+            failed.append(f"{key[0]}/{key[1]}: {type(error).__name__}: {error}")
     return pd.DataFrame(rows)
+
+
+def _weekly_evidence(
+    group: pd.DataFrame | None, current_refill: float, as_of: dt.datetime, time_zone: ZoneInfo
+) -> tuple[list[WeeklyPeak], list[float]]:
+    """The weekly peaks and the typical weekly shape of one bucket's hourly demand."""
+    if group is None:
+        return [], [0.0] * HOURS_PER_WEEK
+    # demand over the bucket's *current* refill: a category change inside the window changes
+    # the refill, not the demand, and must not read as growth or decline
+    group = group.assign(share=group["share"] * group["refill_per_min"] / current_refill)
+    hours = list(zip(_aware_hours(group["hour"], time_zone), group["share"], strict=True))
+    hours = [(at, share) for at, share in hours if not pd.isna(at)]
+    end_local = as_of.astimezone(time_zone).replace(tzinfo=None)
+    return weekly_peaks(hours, as_of, max(PROFILE_WINDOWS)), _shape(group, end_local)
+
+
+def _outlook_row(
+    bucket: dict[str, Any],
+    group: pd.DataFrame | None,
+    usage: pd.DataFrame | None,
+    as_of: dt.datetime,
+    time_zone: ZoneInfo,
+    computed_at: dt.datetime,
+) -> dict[str, Any]:
+    key = (bucket["ispb"], bucket["policy"])
+    refill = float(bucket["refill_per_min"])
+    if not refill > 0:  # the schema forbids it; a hand-edited row must not stop everyone
+        raise ValueError(f"the bucket's refill per minute is {refill}, not a positive number")
+    peaks, shape = _weekly_evidence(group, refill, as_of, time_zone)
+    throttled = minutes = None
+    if usage is not None and key in usage.index:
+        throttled = _none_if_nan(usage.at[key, "throttled_429"])
+        minutes = _none_if_nan(usage.at[key, "minutes_exhausted"])
+    result = outlook(
+        OutlookInput(
+            ispb=bucket["ispb"],
+            policy=bucket["policy"],
+            as_of=as_of,
+            time_zone=time_zone,
+            capacity=float(bucket["capacity"]),
+            refill_tokens=float(bucket["refill_tokens"]),
+            refill_per_min=refill,
+            category=_none_if_nan(bucket["category"]),
+            weekly_peaks=peaks,
+            shape=shape,
+            throttled_429_30d=None if throttled is None else int(throttled),
+            minutes_exhausted_30d=None if minutes is None else float(minutes),
+        )
+    )
+    trend, how = result.trend, result.peak_hour_of_week
+    band = trend.growth_band if trend else (None, None)
+    return {
+        "ispb": bucket["ispb"],
+        "policy": bucket["policy"],
+        "as_of": as_of,
+        "status": result.status,
+        "category": _none_if_nan(bucket["category"]),
+        "capacity": int(bucket["capacity"]),
+        "refill_per_min": refill,
+        "weeks_used": result.weeks_used,
+        "weekly_peak_share": result.weekly_peak_share,
+        "peak_hour_of_week": how,
+        "peak_weekday": None if how is None else WEEKDAYS[how // 24],
+        "peak_hour": None if how is None else how % 24,
+        "growth_per_week": trend.growth_per_week if trend else None,
+        "growth_low_per_week": band[0],
+        "growth_high_per_week": band[1],
+        "fit_mad": trend.mad if trend else None,
+        "peak_exceeds_refill_at": result.projection.exceeds_refill_at,
+        "first_429_at": result.projection.first_429_at,
+        "first_429_earliest_at": result.earliest_429_at,
+        "first_429_latest_at": result.latest_429_at,
+        "weeks_to_first_429": result.weeks_until(as_of),
+        "throttled_429_30d": None if throttled is None else int(throttled),
+        "minutes_exhausted_30d": minutes,
+        "categories": json.dumps(category_rows(result)),
+        "weekly_peaks": json.dumps(
+            [
+                {
+                    "week_start": p.block_start.isoformat(),
+                    "peak_share": round(p.share, 4),
+                    "at": p.at.isoformat(),
+                    "hours_seen": p.hours_seen,
+                    "used": p.usable,
+                }
+                for p in peaks
+            ]
+        ),
+        "recommendation": result.recommendation,
+        "time_zone": time_zone.key,
+        "computed_at": computed_at,
+    }
 
 
 _URGENCY = {"throttling": 0, "at_risk": 1, "growing": 2, "stable": 3, "insufficient_history": 4}
@@ -372,6 +413,7 @@ def compute_outlook(
                 as_of,
                 time_zone,
                 now,
+                failed=report.failed,
             )
             replace_outlooks(connection, as_of, members, frame)
         frames.append(frame)
@@ -379,8 +421,10 @@ def compute_outlook(
             f"capacity outlook: participants {index * chunk + 1}-{index * chunk + len(members)} "
             f"of {len(ispbs)} ({time.perf_counter() - began:.1f} s so far)"
         )
-    if frames:
-        rows = pd.concat(frames, ignore_index=True)
+    with engine.begin() as connection:
+        report.pruned = prune_outlooks(connection, as_of - OUTLOOK_HISTORY)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not rows.empty:
         rows["urgency"] = rows["status"].map(_URGENCY)
         report.rows = rows.sort_values(["urgency", "first_429_at"], na_position="last")
     report.seconds = time.perf_counter() - began

@@ -69,8 +69,9 @@ class ReportData:
                 None,
             ),
         }
-        # "</" would end the <script> element the document is embedded in
-        return json.dumps(document, default=str).replace("</", "<\\/")
+        # no "<" at all inside the <script> element: "</script>" would end it and "<!--" can
+        # change how the parser reads the rest of the page
+        return json.dumps(document, default=str).replace("<", "\\u003c")
 
 
 _URGENCY = {"throttling": 0, "at_risk": 1, "growing": 2, "stable": 3, "insufficient_history": 4}

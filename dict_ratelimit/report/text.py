@@ -67,11 +67,21 @@ def summary(report: ReportData) -> str:
     readings = sum(row["readings"] for row in report.daily)
     gaps = sum(row["gaps"] for row in report.daily)
     unobserved = sum(row["gap_minutes"] for row in report.daily)
+    zones = sorted({row["time_zone"] for row in report.daily})
     lines = [
         f"Capacity report: participant {report.ispb} (category {report.category or '?'}), "
         f"{report.month:%B %Y}, days in {report.time_zone}",
         f"Days with readings: {observed_days} of {report.days_in_month}; readings "
         f"{readings:,}; gaps {gaps:,} ({unobserved:,.0f} policy-minutes without a reading)",
+        *(
+            [
+                "Warning: this month's days were computed in several time zones "
+                f"({', '.join(zones)}): backfill policy_daily_usage after changing "
+                "DICT_RATELIMIT_REPORT_TIMEZONE."
+            ]
+            if len(zones) > 1
+            else []
+        ),
         "",
         *month_lines(report),
         "",

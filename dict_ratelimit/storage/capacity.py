@@ -28,80 +28,117 @@ _COSTS = "unnest(%(cost_policies)s::text[], %(cost_extra)s::int[]) AS c(policy, 
 
 _DAILY_SQL = f"""
 WITH timeline AS (
+    -- from one hold before the range: the last reading of the day before covers its first minutes
     SELECT m.ispb, m.policy, m.response_time, m.utilization_ratio, m.remaining_ratio,
            m.available_tokens, m.capacity, m.refill_per_min, m.demand_per_min, e.level,
            (m.response_time AT TIME ZONE %(tz)s)::date AS day,
+           LAG(m.response_time) OVER w AS prev_time,
            LEAD(m.response_time) OVER w AS next_time
     FROM dict_ratelimit.policy_metric AS m
     LEFT JOIN dict_ratelimit.threshold_evaluation AS e USING (ispb, policy, response_time)
-    WHERE m.response_time >= %(start)s
+    WHERE m.response_time >= %(start)s - make_interval(secs => {HOLD_SECONDS})
       AND m.response_time < %(end)s + make_interval(secs => {HOLD_SECONDS})
     WINDOW w AS (PARTITION BY m.ispb, m.policy ORDER BY m.response_time)
-), bounded AS (
+), covered AS (
+    -- each reading speaks until the next one, at most HOLD_SECONDS
     SELECT t.*,
-           (t.day::timestamp AT TIME ZONE %(tz)s) AS day_start,
+           LEAST(coalesce(t.next_time, 'infinity'),
+                 t.response_time + make_interval(secs => {HOLD_SECONDS})) AS cover_end,
            ((t.day + 1)::timestamp AT TIME ZONE %(tz)s) AS day_end
     FROM timeline AS t
-    WHERE t.response_time >= %(start)s AND t.response_time < %(end)s
-), held AS (
-    SELECT b.*,
-           EXTRACT(EPOCH FROM LEAST(
-               coalesce(b.next_time, b.day_end),
-               b.response_time + make_interval(secs => {HOLD_SECONDS}),
-               b.day_end
-           ) - b.response_time) AS held_seconds,
-           EXTRACT(EPOCH FROM LEAST(coalesce(b.next_time, b.day_end), b.day_end)
-                   - b.response_time) > {HOLD_SECONDS} AS gap_after
-    FROM bounded AS b
+    WHERE t.response_time < %(end)s
+), spans AS (
+    -- the part of each reading's cover inside its own day, and what spills past midnight
+    SELECT ispb, policy, day, level, response_time AS span_start,
+           LEAST(cover_end, day_end) AS span_end
+    FROM covered WHERE response_time >= %(start)s
+    UNION ALL
+    SELECT ispb, policy, day + 1, level, day_end, cover_end
+    FROM covered WHERE cover_end > day_end AND day_end < %(end)s
+), coverage AS (
+    SELECT ispb, policy, day,
+           sum(EXTRACT(EPOCH FROM span_end - span_start)) AS held,
+           sum(EXTRACT(EPOCH FROM span_end - span_start)) FILTER (WHERE level = 'WARNING')
+             AS held_warning,
+           sum(EXTRACT(EPOCH FROM span_end - span_start)) FILTER (WHERE level = 'CRITICAL')
+             AS held_critical,
+           sum(EXTRACT(EPOCH FROM span_end - span_start)) FILTER (WHERE level = 'EXHAUSTED')
+             AS held_exhausted
+    FROM spans
+    GROUP BY ispb, policy, day
 ), daily AS (
     SELECT ispb, policy, day,
            count(*) AS readings,
-           sum(held_seconds) / 60.0 AS observed_minutes,
-           count(*) FILTER (WHERE gap_after)
-             + (EXTRACT(EPOCH FROM min(response_time) - min(day_start)) > {HOLD_SECONDS})::int
-             AS gaps,
-           EXTRACT(EPOCH FROM min(day_end) - min(day_start)) / 60.0
-             - sum(held_seconds) / 60.0 AS gap_minutes,
+           -- stretches of more than HOLD_SECONDS without a reading that touch the day: after
+           -- each reading, and the one that ends at the day's first reading
+           count(*) FILTER (
+               WHERE coalesce(next_time, 'infinity') - response_time
+                     > make_interval(secs => {HOLD_SECONDS})
+                 AND response_time + make_interval(secs => {HOLD_SECONDS}) < day_end)
+             + ((min(response_time)
+                 - coalesce((array_agg(prev_time ORDER BY response_time))[1],
+                            (day::timestamp AT TIME ZONE %(tz)s)))
+                > make_interval(secs => {HOLD_SECONDS}))::int AS gaps,
            max(capacity) AS capacity,
            (array_agg(refill_per_min ORDER BY response_time DESC))[1] AS refill_per_min,
            max(utilization_ratio) AS peak_utilization,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY utilization_ratio) AS p95_utilization,
            min(remaining_ratio) AS min_remaining_ratio,
            min(available_tokens) AS min_available_tokens,
-           coalesce(sum(held_seconds) FILTER (WHERE level = 'WARNING'), 0) / 60.0
-             AS minutes_warning,
-           coalesce(sum(held_seconds) FILTER (WHERE level = 'CRITICAL'), 0) / 60.0
-             AS minutes_critical,
-           coalesce(sum(held_seconds) FILTER (WHERE level = 'EXHAUSTED'), 0) / 60.0
-             AS minutes_exhausted,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY demand_per_min) AS token_p50,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY demand_per_min) AS token_p95,
            max(demand_per_min) AS token_max
-    FROM held
+    FROM covered
+    WHERE response_time >= %(start)s
     GROUP BY ispb, policy, day
 ), windows AS (
-    SELECT s.ispb, s.policy, (s.window_end AT TIME ZONE %(tz)s)::date AS day, s.total,
-           coalesce((s.responses ->> '429')::bigint, 0) AS throttled,
+    -- a Bridge window belongs to the day (and hour) of its middle, as in hourly_demand
+    SELECT s.ispb, s.policy,
+           ((s.window_end - make_interval(secs => s.window_seconds / 2.0))
+             AT TIME ZONE %(tz)s)::date AS day,
+           s.total, coalesce((s.responses ->> '429')::bigint, 0) AS throttled,
            (s.total + coalesce(c.extra, 0) * s.not_found) * 60.0 / s.window_seconds AS rate
     FROM dict_ratelimit.policy_request_stats AS s
     LEFT JOIN {_COSTS} USING (policy)
-    WHERE s.window_end >= %(start)s AND s.window_end < %(end)s
+    WHERE s.window_end >= %(start)s AND s.window_end < %(end)s + interval '1 day'
 ), stats AS (
     SELECT ispb, policy, day, sum(total) AS requests, sum(throttled) AS throttled_429,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY rate) AS p50,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY rate) AS p95,
            max(rate) AS top
     FROM windows
+    WHERE day >= (%(start)s AT TIME ZONE %(tz)s)::date
+      AND day < (%(end)s AT TIME ZONE %(tz)s)::date
     GROUP BY ispb, policy, day
 ), combined AS (
-    SELECT d.*, st.requests, st.throttled_429,
+    -- a day with the Bridge's counts but no reading (the readings were refused, or lost)
+    -- keeps its 429s and demand: the counts are the only record of them
+    SELECT ispb, policy, day,
+           coalesce(d.readings, 0) AS readings,
+           coalesce(cv.held, 0) / 60.0 AS observed_minutes,
+           coalesce(d.gaps, 1) AS gaps,
+           EXTRACT(EPOCH FROM ((day + 1)::timestamp AT TIME ZONE %(tz)s)
+                              - (day::timestamp AT TIME ZONE %(tz)s)) / 60.0
+             - coalesce(cv.held, 0) / 60.0 AS gap_minutes,
+           d.capacity,
+           coalesce(d.refill_per_min,
+                    (SELECT p.refill_tokens * 60.0 / p.refill_period_sec
+                     FROM dict_ratelimit.policy AS p
+                     WHERE p.ispb = st.ispb AND p.policy = st.policy)) AS refill_per_min,
+           d.peak_utilization, d.p95_utilization, d.min_remaining_ratio,
+           d.min_available_tokens,
+           coalesce(cv.held_warning, 0) / 60.0 AS minutes_warning,
+           coalesce(cv.held_critical, 0) / 60.0 AS minutes_critical,
+           coalesce(cv.held_exhausted, 0) / 60.0 AS minutes_exhausted,
+           st.requests, st.throttled_429,
            CASE WHEN st.requests IS NOT NULL THEN 'bridge_stats'
                 WHEN d.token_max IS NOT NULL THEN 'tokens' END AS demand_source,
            CASE WHEN st.requests IS NOT NULL THEN st.p50 ELSE d.token_p50 END AS demand_p50,
            CASE WHEN st.requests IS NOT NULL THEN st.p95 ELSE d.token_p95 END AS demand_p95,
            CASE WHEN st.requests IS NOT NULL THEN st.top ELSE d.token_max END AS demand_max
     FROM daily AS d
-    LEFT JOIN stats AS st USING (ispb, policy, day)
+    FULL JOIN stats AS st USING (ispb, policy, day)
+    LEFT JOIN coverage AS cv USING (ispb, policy, day)
 )
 INSERT INTO dict_ratelimit.policy_daily_usage AS u (
     ispb, policy, day, time_zone, readings, observed_minutes, gaps, gap_minutes, capacity,
@@ -131,6 +168,8 @@ ON CONFLICT (ispb, policy, day) DO UPDATE SET
     demand_p95_per_min = EXCLUDED.demand_p95_per_min,
     demand_max_per_min = EXCLUDED.demand_max_per_min,
     peak_demand_share = EXCLUDED.peak_demand_share, computed_at = EXCLUDED.computed_at
+-- never replace a day seen through readings by one seen through the Bridge's counts only
+WHERE EXCLUDED.readings > 0 OR u.readings = 0
 """
 
 
@@ -152,7 +191,7 @@ def upsert_daily_usage(
 
     A (participant, policy, day) without any reading in the source keeps the row it had: the
     retention job drops readings after 13 months, and re-running an old day must not erase
-    what was learnt from it while they existed.
+    what was learnt from it while they existed (nor replace it by the Bridge's counts alone).
     """
     result = connection.exec_driver_sql(
         _DAILY_SQL,
@@ -205,12 +244,22 @@ WITH tokens AS (
       AND s.ispb = ANY(%(ispbs)s::char(8)[])
     GROUP BY 1, 2, 3
 )
-SELECT t.ispb, t.policy, t.hour,
-       coalesce(st.demand_per_min / NULLIF(t.refill_per_min, 0), t.token_share) AS share,
-       t.burst_share, t.refill_per_min, t.readings
-FROM tokens AS t
-LEFT JOIN stats AS st USING (ispb, policy, hour)
-ORDER BY t.ispb, t.policy, t.hour
+SELECT j.ispb, j.policy, j.hour,
+       coalesce(j.stats_demand / NULLIF(j.refill_per_min, 0), j.token_share) AS share,
+       j.burst_share, j.refill_per_min, j.readings
+FROM (
+    -- an hour with the Bridge's counts but no reading keeps its demand, over the current refill
+    SELECT ispb, policy, hour, st.demand_per_min AS stats_demand, t.token_share, t.burst_share,
+           coalesce(t.refill_per_min,
+                    (SELECT p.refill_tokens * 60.0 / p.refill_period_sec
+                     FROM dict_ratelimit.policy AS p
+                     WHERE p.ispb = st.ispb AND p.policy = st.policy)) AS refill_per_min,
+           coalesce(t.readings, 0) AS readings
+    FROM tokens AS t
+    FULL JOIN stats AS st USING (ispb, policy, hour)
+) AS j
+WHERE j.hour >= (%(start)s AT TIME ZONE %(tz)s) AND j.hour < (%(end)s AT TIME ZONE %(tz)s)
+ORDER BY j.ispb, j.policy, j.hour
 """
 
 
@@ -294,3 +343,12 @@ def replace_outlooks(
     if not frame.empty:
         copy_frame(connection, "dict_ratelimit.capacity_outlook", frame[list(OUTLOOK_COLUMNS)])
     return len(frame)
+
+
+def prune_outlooks(connection: Connection, before: dt.datetime) -> int:
+    """Delete the outlooks computed as of before ``before``; returns how many."""
+    result = connection.execute(
+        sa.text("DELETE FROM dict_ratelimit.capacity_outlook WHERE as_of < :before"),
+        {"before": before},
+    )
+    return int(result.rowcount or 0)
