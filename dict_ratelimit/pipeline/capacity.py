@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -298,7 +298,7 @@ def _weekly_evidence(
 
 
 def _outlook_row(
-    bucket: dict[str, Any],
+    bucket: Mapping[Hashable, Any],
     group: pd.DataFrame | None,
     usage: pd.DataFrame | None,
     as_of: dt.datetime,
