@@ -23,7 +23,8 @@ the history's end, partitions evaluated at that instant):
 
 Reports per asset the run's wall time (each run and the median), the asset body's own
 ``seconds`` metadata, the rows in its table, and the process's peak RSS during that run
-(VmHWM, reset before each run through ``/proc/self/clear_refs``); exits 1 when a run fails
+(VmHWM, reset to the current RSS before each run through ``/proc/self/clear_refs``; the RSS
+at the start, memory the load left behind, is shown with it); exits 1 when a run fails
 or a check does not hold. ``--plan PATH`` writes ``EXPLAIN (ANALYZE, BUFFERS)`` of the daily
 SQL for the newest full local month (in a rolled-back transaction). Prints Markdown tables.
 """
@@ -47,7 +48,6 @@ from _history import load_history
 from sqlalchemy.engine import Engine
 
 from dict_ratelimit.clock import Clock, SystemClock, parse_instant
-from dict_ratelimit.defs import capacity as capacity_defs
 from dict_ratelimit.defs.capacity import (
     CAPACITY_DAYS,
     REPORT_ZONE,
@@ -67,21 +67,6 @@ ASSETS = {
 }
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _CHUNK_LOG = re.compile(r"^daily usage (\S+) → (\S+): (\d+) rows \(([\d.]+) s so far\)")
-
-
-def keep_none_in_metadata_tables() -> None:
-    """Work-around, this process only: ``defs/tables.metadata_table`` leaves a None field out
-    of its record, and Dagster refuses a table whose records have different fields, so an
-    outlook with some fields None in some rows fails its run. Records keep every column here
-    (None allowed by ``TableRecord``). Remove once the helper is fixed."""
-
-    def metadata_table(columns, rows):  # type: ignore[no-untyped-def]
-        return dg.MetadataValue.table(
-            records=[dg.TableRecord({name: row.get(name) for name, _ in columns}) for row in rows],
-            schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
-        )
-
-    capacity_defs.metadata_table = metadata_table  # type: ignore[attr-defined]
 
 
 class CheckFailed(Exception):
@@ -147,7 +132,13 @@ def peak_rss_mib() -> float:
     return _status_kib("VmHWM") / 1024
 
 
+def rss_mib() -> float:
+    return _status_kib("VmRSS") / 1024
+
+
 def lifetime_peak_rss_mib() -> float:
+    """ru_maxrss: the process's peak so far (only until the first reset: clear_refs lowers
+    it too)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -178,6 +169,7 @@ def materialize_asset(
         }
     runs_before = instance.get_runs_count()
     exact_peak = reset_peak_rss()
+    rss_start = rss_mib()
     started = time.perf_counter()
     with dg.partition_loading_context(effective_dt=now):
         result = dg.materialize(
@@ -229,6 +221,7 @@ def materialize_asset(
         "materializations": len(materializations),
         "table_rows": _count(engine, table),
         "peak_rss_mib": peak,
+        "rss_start_mib": rss_start,
         "peak_exact": exact_peak,
         "chunks": chunks,
     }
@@ -281,17 +274,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--older-step", type=int, default=3600)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--plan", type=Path, default=None)
-    parser.add_argument(
-        "--keep-none-in-metadata-tables",
-        action="store_true",
-        help="work around defs/tables.py dropping None fields (patched in this process only)",
-    )
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, clock: Clock) -> int:
-    if args.keep_none_in_metadata_tables:
-        keep_none_in_metadata_tables()
     end = args.end or default_end(clock)
     start = months_before(end, args.months)
     now = end + dt.timedelta(hours=args.hours_after)
@@ -367,7 +353,7 @@ def run(args: argparse.Namespace, clock: Clock) -> int:
     )
     header = " | ".join(f"run {i + 1}" for i in range(args.repeat))
     print(f"| asset | {header} | median wall | asset body (median) | rows in table "
-          f"(expected) | peak RSS |")  # fmt: skip
+          f"(expected) | peak RSS (at start) |")  # fmt: skip
     print("|---|" + "---:|" * (args.repeat + 4))
     status = 0
     for name, runs in results.items():
@@ -381,18 +367,20 @@ def run(args: argparse.Namespace, clock: Clock) -> int:
         print(
             f"| {name} | {cells} | **{statistics.median(walls):.1f} s** | "
             f"{statistics.median(r['body'] for r in runs):.1f} s | {rows:,} "
-            f"({expected[name]:,}){mark} | {max(r['peak_rss_mib'] for r in runs):.0f} MiB"
-            f"{exact} |"
+            f"({expected[name]:,}){mark} | {max(r['peak_rss_mib'] for r in runs):.0f} MiB "
+            f"({min(r['rss_start_mib'] for r in runs):.0f} MiB){exact} |"
         )
     daily = results["policy_daily_usage"]
     chunks = [c for r in daily for c in r["chunks"]]
     if chunks:
         print(
-            f"\ndaily usage: {len(daily[-1]['chunks'])} chunks of ≤ 31 local days per run, "
+            f"\ndaily usage: {len(daily[-1]['chunks'])} chunks (SQL passes) per run, "
             f"{statistics.median(chunks):.1f} s median each (min {min(chunks):.1f} s, "
             f"max {max(chunks):.1f} s); {daily[-1]['materializations']} materialization events "
-            f"per run; process lifetime peak RSS {lifetime_peak_rss_mib():.0f} MiB"
+            f"per run"
         )
+    overall = max([load_peak] + [r["peak_rss_mib"] for runs in results.values() for r in runs])
+    print(f"\npeak RSS of the process over the whole bench (the load included): {overall:.0f} MiB")
     if status:
         print("FAILED: a table does not hold the expected rows", file=sys.stderr)
     return status

@@ -79,10 +79,12 @@ def compute_daily_usage(
     time_zone: ZoneInfo,
     computed_at: dt.datetime,
     progress: Progress = _quiet,
-    chunk_days: int = 7,
+    chunk_days: int = 31,
 ) -> DailyReport:
-    """Recompute the local days of ``[start, end)``, ``chunk_days`` per transaction (a week of
-    every participant's readings per SQL pass: bounded work and a progress line each)."""
+    """Recompute the local days of ``[start, end)``, ``chunk_days`` per transaction (about a
+    month per SQL pass, with a progress line each: the metric partitions are monthly and a
+    pass reads its partitions' indexes through, so shorter passes read the same months again;
+    measured: 6.7 s per 7-day pass against 10.4 s per 31-day pass at 10 participants)."""
     began = time.perf_counter()
     report = DailyReport()
     first_day = start.astimezone(time_zone).date()
